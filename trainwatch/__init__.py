@@ -1,0 +1,28 @@
+"""trainwatch: tells you what is wrong with a fine-tuning run, why, and what to change.
+
+The engine (:mod:`trainwatch.engine`, :mod:`trainwatch.rules`) is pure Python; the Trainer callbacks import
+transformers only when first used, so ``trainwatch analyze`` starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from trainwatch.engine import Engine, build_rules
+from trainwatch.findings import Finding
+from trainwatch.history import Facts, History
+
+__version__ = "0.1.0"
+
+_CALLBACKS = ("Diagnoser", "DiagnosisCallback", "ExplodingLossDetector", "FlatLossDetector", "OverfittingDetector")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _CALLBACKS:
+        from trainwatch import callbacks
+
+        return getattr(callbacks, name)
+    raise AttributeError(f"module 'trainwatch' has no attribute {name!r}")
+
+
+__all__ = ["Engine", "Facts", "Finding", "History", "build_rules", *_CALLBACKS]

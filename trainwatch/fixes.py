@@ -1,0 +1,126 @@
+"""The fine-tuning lesson's fix lists, made concrete with the run's own arguments.
+
+"Lower the learning rate" is advice; "learning_rate 3e-3 → 3e-4" is a fix. Each cause maps to an ordered list of
+fixes, most likely to help first; where a hyperparameter is unknown (a log without its arguments) the fix names the
+lesson's value instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Params = Mapping[str, Any]
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _change(params: Params, name: str, target: Any, label: str | None = None) -> str:
+    """``name current → target``, or ``name → target`` when the current value is unknown."""
+    label = label or name
+    current = params.get(name)
+    if current is None:
+        return f"{label} → {_num(target)}"
+    return f"{label} {_num(current)} → {_num(target)}"
+
+
+def _scaled(params: Params, name: str, factor: float, default_hint: str) -> str:
+    current = params.get(name)
+    if isinstance(current, (int, float)) and current > 0:
+        return f"{name} {_num(current)} → {_num(float(f'{current * factor:.3g}'))}"
+    return default_hint
+
+
+def _clip(params: Params) -> str:
+    current = params.get("max_grad_norm")
+    if isinstance(current, (int, float)) and 0 < current <= 0.3:
+        return f"keep gradient clipping on (max_grad_norm is already {_num(current)})"
+    if current == 0:
+        return "clip gradients: max_grad_norm 0 (off) → 0.3"
+    return "clip gradients: " + _change(params, "max_grad_norm", 0.3)
+
+
+def _warmup(params: Params) -> str:
+    current = params.get("warmup_steps")
+    if isinstance(current, (int, float)) and current >= 100:
+        return f"warm up longer: warmup_steps {_num(current)} → {_num(2 * current)}"
+    return "warm up longer: " + _change(params, "warmup_steps", 100)
+
+
+def _exploding(params: Params) -> list[str]:
+    return [
+        "lower the learning rate 10×: " + _scaled(params, "learning_rate", 0.1, "learning_rate → a tenth of its value"),
+        _clip(params),
+        _warmup(params),
+        "look for bad examples: empty labels, extremely long texts, corrupted records",
+    ]
+
+
+def _no_target_tokens(params: Params) -> list[str]:
+    return [
+        "check the label masking: print one batch's labels and count the examples with > 0 target tokens "
+        "(labels != -100); every example here has none",
+        "make sure the response is not cut away: max sequence length must leave room for the whole answer, "
+        "and padding must not replace the real EOS label",
+        "if you mask the prompt yourself, mask only the prompt tokens, not the response",
+    ]
+
+
+def _zero_gradients(params: Params) -> list[str]:
+    return [
+        "check that parameters are trainable: model.print_trainable_parameters() must show > 0 trainable",
+        "with gradient checkpointing on a frozen base, call model.enable_input_require_grads() "
+        "(or use gradient_checkpointing_kwargs={'use_reentrant': False}) so gradients reach the adapters",
+        "QLoRA on a CPU: bitsandbytes may switch 4-bit layers to an inference-only packed path during evaluation "
+        "(AVX512-BF16 CPUs), after which every gradient is 0; keep 4-bit weights out of that path, or evaluate "
+        "less often / not at all on the CPU",
+        "check that no torch.no_grad()/detach() sits between the loss and the trainable weights",
+    ]
+
+
+def _lr_too_low(params: Params) -> list[str]:
+    return [
+        "raise the learning rate 10×: " + _scaled(params, "learning_rate", 10, "learning_rate → 2e-4 (the QLoRA default)"),
+        "check the label masking: print labels and count examples with > 0 target tokens",
+    ]
+
+
+def _overfitting(params: Params) -> list[str]:
+    epochs = params.get("num_train_epochs")
+    fewer = "train fewer epochs: " + (
+        _change(params, "num_train_epochs", max(1, int(epochs) // 3)) if isinstance(epochs, (int, float)) and epochs > 1
+        else "stop at the best evaluation (load_best_model_at_end=True)"
+    )
+    rank = params.get("lora_r")
+    lower_rank = "lower the LoRA rank: " + (
+        f"lora r {rank} → {max(1, int(rank) // 2)}" if isinstance(rank, (int, float)) and rank > 1 else "r 8 → 4"
+    )
+    dropout = params.get("lora_dropout")
+    more_dropout = "more LoRA dropout: " + (
+        f"lora_dropout {_num(dropout)} → 0.1" if isinstance(dropout, (int, float)) and dropout < 0.1
+        else "lora_dropout → 0.1–0.2"
+    )
+    decay = params.get("weight_decay")
+    more_decay = "regularise: " + (
+        _change(params, "weight_decay", 0.01) if not isinstance(decay, (int, float)) or decay < 0.01
+        else f"weight_decay {_num(decay)} → {_num(2 * decay)}"
+    )
+    return ["more (or more varied) training data", fewer, more_dropout, lower_rank, more_decay]
+
+
+FIXES: dict[str, Callable[[Params], list[str]]] = {
+    "non_finite": _exploding,
+    "lr_too_high": _exploding,
+    "no_target_tokens": _no_target_tokens,
+    "zero_gradients": _zero_gradients,
+    "lr_too_low": _lr_too_low,
+    "memorization": _overfitting,
+    "widening_gap": _overfitting,
+}
+
+
+def fixes_for(cause: str, params: Params) -> list[str]:
+    """The ordered fix list for ``cause``, rendered from ``params`` (TrainingArguments fields and LoRA settings)."""
+    return FIXES[cause](params)

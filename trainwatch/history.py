@@ -1,0 +1,208 @@
+"""The signals of one run, summarised in O(1) memory.
+
+A run of a million optimizer steps must cost the same to watch as one of a hundred, so nothing here keeps the
+whole series: each signal keeps its extremes, its last values and the few derived quantities the rules ask about.
+Both feeders (the live callback and the log readers) call :meth:`History.record` with Trainer's own log keys, so
+the same series always leaves the same History behind.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+LOSS = "loss"
+GRAD_NORM = "grad_norm"
+LEARNING_RATE = "learning_rate"
+EVAL_LOSS = "eval_loss"
+SIGNALS = (LOSS, GRAD_NORM, LEARNING_RATE, EVAL_LOSS)
+
+
+def is_finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+@dataclass
+class Facts:
+    """What is known about the run besides its curves: used to judge (vocab size) and to make fixes concrete."""
+
+    vocab_size: int | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    """TrainingArguments fields plus ``lora_r``, ``lora_alpha``, ``lora_dropout`` where known."""
+
+    @property
+    def uniform_loss(self) -> float | None:
+        """Cross-entropy of a uniform guess over the vocabulary: a language model above it knows nothing."""
+        return math.log(self.vocab_size) if self.vocab_size and self.vocab_size > 1 else None
+
+
+@dataclass
+class Series:
+    """One signal: first and last values, finite extremes, and how many values were not finite."""
+
+    count: int = 0
+    first: float | None = None
+    first_step: int | None = None
+    last: float | None = None
+    last_step: int | None = None
+    min: float | None = None
+    min_step: int | None = None
+    max: float | None = None
+    max_step: int | None = None
+    nonfinite: int = 0
+    first_nonfinite_step: int | None = None
+    positive_seen: bool = False
+    """A finite value > 0 was seen: a loss that never had one was never computed on a single target token."""
+
+    def add(self, step: int, value: float) -> None:
+        self.count += 1
+        if self.first_step is None:
+            self.first, self.first_step = value, step
+        self.last, self.last_step = value, step
+        if not math.isfinite(value):
+            self.nonfinite += 1
+            if self.first_nonfinite_step is None:
+                self.first_nonfinite_step = step
+            return
+        self.positive_seen = self.positive_seen or value > 0
+        if self.min is None or value < self.min:
+            self.min, self.min_step = value, step
+        if self.max is None or value > self.max:
+            self.max, self.max_step = value, step
+
+
+@dataclass
+class EvalPoint:
+    """One evaluation, with the smoothed train loss at the same moment, so the gap can be followed."""
+
+    step: int
+    loss: float
+    train_level: float | None
+
+
+class History:
+    """Everything the rules may ask about one run.
+
+    Args:
+        smoothing: how many of the last finite train losses make the smoothed *level* (their median); a median of
+            three ignores one odd batch without delaying a real trend by more than one log.
+        eval_window: how many recent evaluations are kept with their train level.
+    """
+
+    def __init__(self, smoothing: int = 3, eval_window: int = 16, facts: Facts | None = None) -> None:
+        self.smoothing = smoothing
+        self.facts = facts or Facts()
+        self.step = 0
+        self.series: dict[str, Series] = {name: Series() for name in SIGNALS}
+        self.recent_losses: deque[float] = deque(maxlen=smoothing)
+        self.loss_level: float | None = None
+        self.loss_start: float | None = None
+        self.loss_floor: float | None = None
+        self.loss_floor_step: int | None = None
+        self.plateau_step: int | None = None
+        """Step from which the loss is judged for flatness: the first loss once the learning rate stopped rising."""
+        self.plateau_level: float | None = None
+        self.largest_move = 0.0
+        """Largest relative move of the loss level from its start or its plateau reference: has it ever moved?"""
+        self.lr_rising = False
+        self.zero_grad_since: int | None = None
+        """Step of the last non-zero gradient norm before the current run of exact zeros (None: not in one)."""
+        self.last_nonzero_grad_step = 0
+        self.evals: deque[EvalPoint] = deque(maxlen=eval_window)
+        self.best_eval: float | None = None
+        self.best_eval_step: int | None = None
+        self.eval_start: float | None = None
+        self.eval_largest_move = 0.0
+
+    def __getitem__(self, signal: str) -> Series:
+        return self.series[signal]
+
+    def record(self, step: int, logs: Mapping[str, Any]) -> bool:
+        """Add one log entry (Trainer's keys); returns whether it carried any signal the rules read."""
+        values = {k: float(v) for k, v in logs.items() if k in SIGNALS and isinstance(v, (int, float))}
+        if not values:
+            return False
+        self.step = max(self.step, step)
+        if LEARNING_RATE in values:
+            self._record_lr(values[LEARNING_RATE])
+        for name, value in values.items():
+            self.series[name].add(step, value)
+        if GRAD_NORM in values:
+            self._record_grad_norm(step, values[GRAD_NORM])
+        if LOSS in values:
+            self._record_loss(step, values[LOSS])
+        if EVAL_LOSS in values:
+            self._record_eval(step, values[EVAL_LOSS])
+        return True
+
+    def _record_lr(self, lr: float) -> None:
+        previous = self.series[LEARNING_RATE].last
+        self.lr_rising = is_finite(previous) and lr > previous  # type: ignore[operator]
+        if self.lr_rising:
+            self.plateau_step = None  # still warming up: flatness is judged from the peak on
+
+    def _record_grad_norm(self, step: int, value: float) -> None:
+        if value == 0.0:
+            if self.zero_grad_since is None:
+                self.zero_grad_since = self.last_nonzero_grad_step
+        else:
+            self.zero_grad_since = None
+            self.last_nonzero_grad_step = step
+
+    def _record_loss(self, step: int, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        self.recent_losses.append(value)
+        self.loss_level = statistics.median(self.recent_losses)
+        if self.loss_start is None:
+            self.loss_start = value
+        if self.loss_floor is None or self.loss_level < self.loss_floor:
+            self.loss_floor, self.loss_floor_step = self.loss_level, step
+        if self.plateau_step is None:
+            self.plateau_step, self.plateau_level = step, self.loss_level
+        self.largest_move = max(
+            self.largest_move, _relative_move(self.loss_level, self.loss_start), _relative_move(self.loss_level, self.plateau_level)
+        )
+
+    def _record_eval(self, step: int, value: float) -> None:
+        if not math.isfinite(value):
+            return
+        self.evals.append(EvalPoint(step, value, self.loss_level))
+        if self.best_eval is None or value < self.best_eval:
+            self.best_eval, self.best_eval_step = value, step
+        if self.eval_start is None:
+            self.eval_start = value
+        self.eval_largest_move = max(self.eval_largest_move, _relative_move(value, self.eval_start))
+
+    # -- resume ---------------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """A JSON-able snapshot (NaN allowed, as in trainer_state.json) so a resumed run remembers its past."""
+        state = {k: v for k, v in vars(self).items() if k not in ("series", "recent_losses", "evals", "facts")}
+        state["series"] = {name: vars(s).copy() for name, s in self.series.items()}
+        state["recent_losses"] = list(self.recent_losses)
+        state["evals"] = [vars(e).copy() for e in self.evals]
+        state["eval_window"] = self.evals.maxlen
+        state["facts"] = {"vocab_size": self.facts.vocab_size, "hyperparameters": dict(self.facts.hyperparameters)}
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Any]) -> History:
+        state = dict(state)
+        history = cls(smoothing=state.pop("smoothing"), eval_window=state.pop("eval_window"))
+        history.series = {name: Series(**s) for name, s in state.pop("series").items()}
+        history.recent_losses = deque(state.pop("recent_losses"), maxlen=history.smoothing)
+        history.evals = deque((EvalPoint(**e) for e in state.pop("evals")), maxlen=history.evals.maxlen)
+        history.facts = Facts(**state.pop("facts"))
+        for key, value in state.items():
+            setattr(history, key, value)
+        return history
+
+
+def _relative_move(value: float, reference: float | None) -> float:
+    if reference is None or reference == 0:
+        return 0.0
+    return abs(value / reference - 1.0)

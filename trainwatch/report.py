@@ -1,0 +1,56 @@
+"""Rendering findings for people (text) and programs (JSON), whatever produced them."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from trainwatch.findings import Finding, verdict
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, float) and math.isfinite(v):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def format_finding(finding: Finding) -> str:
+    """A finding as a short block: headline, why, the numbers, then the numbered fixes."""
+    lines = [f"{finding.kind.upper()} ({finding.cause}) at step {finding.step}: {finding.summary}"]
+    evidence = ", ".join(f"{k}={_value(v)}" for k, v in finding.evidence.items() if v is not None)
+    if evidence:
+        lines.append(f"  evidence: {evidence}")
+    lines.extend(f"  fix {i}. {fix}" for i, fix in enumerate(finding.fixes, 1))
+    return "\n".join(lines)
+
+
+def format_report(findings: Sequence[Finding], *, title: str = "trainwatch", notes: Sequence[str] = ()) -> str:
+    """The whole verdict of one run."""
+    lines = [f"{title}: {verdict(list(findings))}"]
+    lines.extend(format_finding(f) for f in findings)
+    lines.extend(f"  note: {n}" for n in notes)
+    return "\n".join(lines)
+
+
+def to_json(findings: Sequence[Finding], **extra: Any) -> dict[str, Any]:
+    return {"verdict": verdict(list(findings)), "diagnoses": [f.to_dict() for f in findings], **extra}
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
+    """Write to a temporary file beside ``path``, then rename: a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,83 @@
+"""Flat: the run is not learning."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from trainwatch.findings import FLAT, Finding
+from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, History
+
+
+@dataclass(frozen=True)
+class FlatRule:
+    """Decides *flat*, naming the first cause that fits, most certain first.
+
+    Args:
+        patience_steps: optimizer steps the loss must stay flat before the run is called flat (cause
+            ``lr_too_low``). They are counted from the moment the learning rate stopped rising, so a slow start
+            under a long warmup is never judged.
+        tolerance: "flat" means the smoothed train loss (and the eval loss, when there is one) never moved more
+            than this fraction away from its starting level.
+        confirm_steps: optimizer steps a certain cause must hold before it is decided: a loss that was never
+            finite and positive (``no_target_tokens``: every label is -100, so the loss is NaN, or 0.0 after
+            Trainer's NaN filter), or a grad norm of exactly 0.0 while the learning rate is not 0
+            (``zero_gradients``: no trainable parameter is reached by the backward pass).
+    """
+
+    patience_steps: int = 50
+    tolerance: float = 0.05
+    confirm_steps: int = 5
+    kind: ClassVar[str] = FLAT
+
+    def observe(self, history: History) -> Finding | None:
+        loss, grad_norm, lr = history[LOSS], history[GRAD_NORM], history[LEARNING_RATE]
+        if loss.count == 0:
+            return None
+        evidence = {"loss": loss.last, "grad_norm": grad_norm.last, "learning_rate": lr.last}
+        if not loss.positive_seen:
+            if history.step < self.confirm_steps:
+                return None
+            return Finding(
+                self.kind,
+                "no_target_tokens",
+                history.step,
+                f"no finite, positive train loss in {history.step} steps (every value {loss.last}): "
+                "no example has a label other than -100",
+                {**evidence, "logged_losses": loss.count, "non_finite_losses": loss.nonfinite},
+            )
+        since = history.zero_grad_since
+        if since is not None and history.step - since >= self.confirm_steps and lr.last != 0.0:
+            return Finding(
+                self.kind,
+                "zero_gradients",
+                history.step,
+                f"the grad norm has been exactly 0.0 since step {since + 1} while the learning rate is "
+                f"{lr.last}: no gradient reaches the trainable parameters",
+                {**evidence, "onset_step": since + 1, "loss_level": history.loss_level},
+            )
+        start = history.plateau_step
+        eval_moved = history[EVAL_LOSS].count > 0 and history.eval_largest_move > self.tolerance
+        if (
+            start is not None
+            and history.step - start >= self.patience_steps
+            and history.largest_move <= self.tolerance
+            and not eval_moved
+        ):
+            return Finding(
+                self.kind,
+                "lr_too_low",
+                history.step,
+                f"the loss stayed within {history.largest_move:.1%} of {history.plateau_level:.4g} for "
+                f"{history.step - start} steps at learning rate {lr.last}",
+                {
+                    **evidence,
+                    "loss_level": history.loss_level,
+                    "reference_loss": history.plateau_level,
+                    "reference_step": start,
+                    "largest_move": history.largest_move,
+                    "eval_largest_move": history.eval_largest_move if history[EVAL_LOSS].count else None,
+                    "max_learning_rate": lr.max,
+                },
+            )
+        return None

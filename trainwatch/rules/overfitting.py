@@ -1,0 +1,74 @@
+"""Overfitting: the model learns the training set at the expense of everything else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import ClassVar
+
+from trainwatch.findings import OVERFITTING, Finding
+from trainwatch.history import LOSS, History
+
+
+@dataclass(frozen=True)
+class OverfittingRule:
+    """Decides *overfitting* from the train/eval pair at each evaluation.
+
+    Args:
+        train_below: a smoothed train loss below this ...
+        val_above: ... while the eval loss is above this is memorization (cause ``memorization``).
+        rising_evals: the eval loss rising over this many consecutive evaluations while the train loss falls is a
+            widening gap (cause ``widening_gap``); a steady gap, however large, is healthy.
+        min_rise: ... provided the eval loss is also this fraction above its best, so that a rise within
+            evaluation noise is not called overfitting.
+
+    A run that never had a finite, positive train loss (all labels -100, logged as 0.0) is never overfitting.
+    """
+
+    train_below: float = 0.1
+    val_above: float = 1.0
+    rising_evals: int = 2
+    min_rise: float = 0.02
+    kind: ClassVar[str] = OVERFITTING
+
+    def observe(self, history: History) -> Finding | None:
+        if not history[LOSS].positive_seen or not history.evals:
+            return None
+        last = history.evals[-1]
+        if last.train_level is None:
+            return None
+        evidence = {
+            "train_loss": last.train_level,
+            "eval_loss": last.loss,
+            "gap": last.loss - last.train_level,
+            "best_eval_loss": history.best_eval,
+            "best_eval_step": history.best_eval_step,
+            "onset_step": history.best_eval_step,
+        }
+        if last.train_level < self.train_below and last.loss > self.val_above:
+            return Finding(
+                self.kind,
+                "memorization",
+                history.step,
+                f"train loss {last.train_level:.4g} < {self.train_below:g} while eval loss {last.loss:.4g} > "
+                f"{self.val_above:g}: the model memorised the training set",
+                evidence,
+            )
+        span = list(history.evals)[-(self.rising_evals + 1) :]
+        if len(span) <= self.rising_evals or span[0].train_level is None:
+            return None
+        rising = all(b.loss > a.loss for a, b in pairwise(span))
+        train_falling = span[-1].train_level < span[0].train_level
+        above_best = history.best_eval is not None and last.loss > history.best_eval * (1 + self.min_rise)
+        if rising and train_falling and above_best:
+            first_gap = span[0].loss - span[0].train_level
+            return Finding(
+                self.kind,
+                "widening_gap",
+                history.step,
+                f"eval loss rose over {self.rising_evals} evaluations ({span[0].loss:.4g} → {last.loss:.4g}) while "
+                f"train loss fell ({span[0].train_level:.4g} → {last.train_level:.4g}); the gap widened "
+                f"{first_gap:.3g} → {evidence['gap']:.3g}",
+                {**evidence, "gap_before": first_gap, "rising_evals": self.rising_evals},
+            )
+        return None
