@@ -76,7 +76,8 @@ def _zero_gradients(params: Params) -> list[str]:
         "QLoRA on a CPU: bitsandbytes may switch 4-bit layers to an inference-only packed path during evaluation "
         "(AVX512-BF16 CPUs), after which every gradient is 0; keep 4-bit weights out of that path, or evaluate "
         "less often / not at all on the CPU",
-        "check that no torch.no_grad()/detach() sits between the loss and the trainable weights",
+        "check that no torch.no_grad()/detach() sits between the loss and the trainable weights, and that LoRA's "
+        "scaling lora_alpha / r is not 0" + (f" (lora_alpha is {_num(params['lora_alpha'])})" if "lora_alpha" in params else ""),
     ]
 
 

@@ -1,0 +1,142 @@
+"""Tiny, real Trainer runs of each failure class, built from a config in seconds on a CPU.
+
+The tests, the benchmarks and the notebook all need runs that really fail the way users' runs fail, not synthetic
+curves: a causal LM built from a config (no download) learns a small, learnable task (arithmetic progressions
+modulo the vocabulary), and each scenario changes only what a user would get wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
+
+VOCAB_SIZE = 64
+SEQ_LEN = 24
+
+
+class Progressions(Dataset):
+    """Sequences ``start, start+k, start+2k, ...`` modulo the vocabulary: easy to learn, impossible to guess."""
+
+    def __init__(self, size: int, seed: int = 0, mask_labels: bool = False) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        start = torch.randint(0, VOCAB_SIZE, (size, 1), generator=generator)
+        stride = torch.randint(1, 5, (size, 1), generator=generator)
+        self.input_ids = (start + stride * torch.arange(SEQ_LEN)) % VOCAB_SIZE
+        self.mask_labels = mask_labels
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        labels = torch.full_like(self.input_ids[i], -100) if self.mask_labels else self.input_ids[i].clone()
+        return {"input_ids": self.input_ids[i], "labels": labels}
+
+
+def tiny_model(arch: str = "llama", seed: int = 0) -> PreTrainedModel:
+    """A two-layer causal LM with a 64-token vocabulary, randomly initialised from ``seed``."""
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+        )
+        return LlamaForCausalLM(config)
+    if arch == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(
+            vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
+        ))
+    raise ValueError(f"unknown arch {arch!r}: llama or gpt2")
+
+
+def _zero_scaled_lora(model: PreTrainedModel) -> PreTrainedModel:
+    """LoRA adapters with ``lora_alpha=0``: their output is scaled by alpha/r = 0, so no gradient ever reaches them.
+
+    A real misconfiguration with the same signature as every broken backward path (grad norm exactly 0.0).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "v_proj"] if model.config.model_type == "llama" else ["c_attn"]
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=0, target_modules=targets, task_type="CAUSAL_LM"))
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """What a user set (or got wrong), and the diagnosis trainwatch must give."""
+
+    expected: tuple[str, str | None]
+    """(kind, cause); kind "healthy" and cause None for runs that must not be flagged."""
+    args: Mapping[str, Any] = field(default_factory=dict)
+    train_size: int = 512
+    mask_labels: bool = False
+    zero_lora_scale: bool = False
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "healthy": Scenario(("healthy", None), {"learning_rate": 3e-3, "max_steps": 150, "eval_steps": 25}),
+    "healthy_warmup": Scenario(
+        ("healthy", None), {"learning_rate": 3e-3, "max_steps": 200, "warmup_steps": 120, "eval_steps": 50}
+    ),
+    "healthy_noisy": Scenario(
+        ("healthy", None), {"learning_rate": 1e-3, "max_steps": 200, "per_device_train_batch_size": 2, "eval_steps": 50}
+    ),
+    "exploding": Scenario(("exploding", "lr_too_high"), {"learning_rate": 1.0, "max_grad_norm": 0.0, "max_steps": 150}),
+    "lr_too_low": Scenario(("flat", "lr_too_low"), {"learning_rate": 1e-7, "max_steps": 150}),
+    "no_target_tokens": Scenario(("flat", "no_target_tokens"), {"learning_rate": 1e-3, "max_steps": 150}, mask_labels=True),
+    "zero_gradients": Scenario(("flat", "zero_gradients"), {"learning_rate": 1e-3, "max_steps": 150}, zero_lora_scale=True),
+    "overfitting": Scenario(
+        ("overfitting", None), {"learning_rate": 5e-3, "num_train_epochs": 100, "eval_steps": 10}, train_size=8
+    ),
+}
+
+
+def tiny_trainer(
+    scenario: str,
+    output_dir: str,
+    *,
+    callbacks: Iterable[TrainerCallback] = (),
+    seed: int = 0,
+    arch: str = "llama",
+    **overrides: Any,
+) -> Trainer:
+    """A ready-to-train Trainer for ``scenario``; ``overrides`` are TrainingArguments fields."""
+    spec = SCENARIOS[scenario]
+    model = tiny_model(arch, seed)
+    if spec.zero_lora_scale:
+        model = _zero_scaled_lora(model)
+    settings: dict[str, Any] = {
+        "per_device_train_batch_size": 8,
+        "logging_steps": 1,
+        "report_to": ["tensorboard"],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "seed": seed,
+        "data_seed": seed,
+        **spec.args,
+        **overrides,
+    }
+    settings.setdefault("eval_strategy", "steps" if settings.get("eval_steps") else "no")
+    if "num_train_epochs" not in settings:
+        settings["num_train_epochs"] = 1
+    args = TrainingArguments(output_dir=output_dir, **settings)
+    return Trainer(
+        model=model,
+        args=args,
+        train_dataset=Progressions(spec.train_size, seed=seed, mask_labels=spec.mask_labels),
+        eval_dataset=Progressions(64, seed=seed + 1000) if args.eval_strategy != "no" else None,
+        callbacks=list(callbacks),
+    )
