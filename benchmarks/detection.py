@@ -1,0 +1,254 @@
+"""Detection vs peers: which tool stops (or flags) which failing run, how early, and which healthy run it wrongly stops.
+
+    python benchmarks/detection.py            # full set: every scenario x 3 seeds x 2 archs (a few minutes)
+    python benchmarks/detection.py --quick    # one run per class, for the smoke test
+
+Every labelled run is a real tiny CPU Trainer run (``trainwatch.testing``), trained once to its end with nothing
+stopping it, while trainwatch's ``Diagnoser`` (defaults, ``report=False``) and HF's ``EarlyStoppingCallback``
+(patience 1 and 3, via :class:`peers.RecordingStopper`) watch it live and each batch's raw loss is recorded. The
+other peers are then run on the recorded series (see :mod:`peers`). The live Diagnoser's findings are checked to
+equal a replay of the run's ``log_history`` through ``Engine``: same series, same verdict.
+
+Each run evaluates (every ``eval_steps``; 25 where the scenario sets none) so that EarlyStoppingCallback can work.
+Onset of each failure, from which the delay is counted: exploding, the first step whose raw loss is non-finite or
+above the first step's loss; flat, step 0 (these runs never learn and have no warmup); overfitting, the step of the
+best eval loss of the whole run. Compute saved is ``max_steps - detection step``, summed over a class's caught runs,
+as a share of the class's total steps, assuming each flag stops the run (trainwatch: ``stop_on`` the kind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from peers import RecordingStopper, first_non_finite_step, spike_detection_step  # noqa: E402
+
+EXPLODING, FLAT, OVERFITTING, HEALTHY = "exploding", "flat", "overfitting", "healthy"
+CLASSES = (HEALTHY, EXPLODING, FLAT, OVERFITTING)
+DEFAULT_EVAL_STEPS = 25
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One labelled kind of run: a ``trainwatch.testing`` scenario, optionally with realistic changes."""
+
+    name: str
+    scenario: str
+    expected: tuple[str, str | None]
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def variants() -> list[Variant]:
+    from trainwatch.testing import SCENARIOS
+
+    found = [Variant(name, name, spec.expected) for name, spec in SCENARIOS.items()]
+    # harder healthy runs a user really has: batch size 1, and half the run spent warming up
+    found.append(Variant("healthy_batch1", "healthy_noisy", ("healthy", None), {"per_device_train_batch_size": 1, "learning_rate": 5e-4}))
+    found.append(Variant("healthy_warmup50", "healthy", ("healthy", None), {"max_steps": 200, "warmup_steps": 0.5, "eval_steps": 50}))
+    return found
+
+
+DETECTORS = ("trainwatch", "hf_early_stop_p1", "hf_early_stop_p3", "nan_stop_batch", "nan_stop_logged", "lightning_spike")
+DETECTOR_TITLES = {
+    "trainwatch": "trainwatch Diagnoser",
+    "hf_early_stop_p1": "HF EarlyStopping p=1",
+    "hf_early_stop_p3": "HF EarlyStopping p=3",
+    "nan_stop_batch": "TerminateOnNaN (batch loss)",
+    "nan_stop_logged": "TerminateOnNaN (logged loss)",
+    "lightning_spike": "Lightning SpikeDetection",
+}
+
+
+def run_one(variant: Variant, arch: str, seed: int) -> dict[str, Any]:
+    """Train one labelled run to its end with every live watcher attached; return its series and their verdicts."""
+    from transformers import EarlyStoppingCallback, PrinterCallback
+
+    from trainwatch import Diagnoser
+    from trainwatch.engine import Engine
+    from trainwatch.testing import SCENARIOS, tiny_trainer
+
+    settings = {**SCENARIOS[variant.scenario].args, **variant.overrides}
+    eval_steps = settings.get("eval_steps") or DEFAULT_EVAL_STEPS
+    diagnoser = Diagnoser(report=False)
+    stoppers = {f"hf_early_stop_p{p}": RecordingStopper(EarlyStoppingCallback(early_stopping_patience=p)) for p in (1, 3)}
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = tiny_trainer(
+            variant.scenario, output_dir, callbacks=[diagnoser, *stoppers.values()], seed=seed, arch=arch,
+            report_to="none", eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps,
+            save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss", **variant.overrides,
+        )
+        trainer.remove_callback(PrinterCallback)
+        batch_losses: list[float] = []
+        training_step = trainer.training_step
+
+        def recording_step(*args: Any, **kwargs: Any) -> Any:
+            loss = training_step(*args, **kwargs)
+            batch_losses.append(float(loss))
+            return loss
+
+        trainer.training_step = recording_step  # type: ignore[method-assign]
+        trainer.train()
+    history = trainer.state.log_history
+    replay = Engine(facts=diagnoser.engine.history.facts).replay((e["step"], e) for e in history)
+    live = [(f.kind, f.cause, f.step) for f in diagnoser.diagnoses]
+    return {
+        "variant": variant.name, "arch": arch, "seed": seed, "expected": variant.expected,
+        "max_steps": trainer.state.global_step,
+        "batch_losses": list(enumerate(batch_losses, start=1)),
+        "logged_losses": [(e["step"], e["loss"]) for e in history if "loss" in e],
+        "eval_losses": [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e],
+        "findings": live,
+        "replay_matches": live == [(f.kind, f.cause, f.step) for f in replay.findings],
+        "stops": {name: s.stop_step for name, s in stoppers.items()},
+    }
+
+
+def detections(run: dict[str, Any]) -> dict[str, int | None]:
+    """The step at which each detector stops or flags the run (None: never)."""
+    first = run["findings"][0] if run["findings"] else None
+    return {
+        "trainwatch": first[2] if first else None,
+        **run["stops"],
+        "nan_stop_batch": first_non_finite_step(run["batch_losses"]),
+        "nan_stop_logged": first_non_finite_step(run["logged_losses"]),
+        "lightning_spike": spike_detection_step(run["batch_losses"]),
+    }
+
+
+def onset(run: dict[str, Any]) -> int | None:
+    kind = run["expected"][0]
+    if kind == EXPLODING:
+        losses = run["batch_losses"]
+        start = losses[0][1]
+        return next((s for s, v in losses if not v == v or v in (float("inf"), float("-inf")) or v > start), None)
+    if kind == FLAT:
+        return 0
+    if kind == OVERFITTING:
+        return min(run["eval_losses"], key=lambda e: e[1])[0]
+    return None
+
+
+def named_correctly(run: dict[str, Any]) -> bool:
+    if not run["findings"]:
+        return run["expected"][0] == HEALTHY
+    kind, cause, _ = run["findings"][0]
+    want_kind, want_cause = run["expected"]
+    return kind == want_kind and (want_cause is None or cause == want_cause)
+
+
+def run_id(run: dict[str, Any]) -> str:
+    return f"{run['variant']}/{run['arch']}/s{run['seed']}"
+
+
+def summarise(runs: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """The per-class table, and every run where trainwatch missed, misnamed, misfired or lost to a peer."""
+    rows = ["| class | detector | caught | named correctly | false alarms | onset→detection median / max | compute saved |",
+            "|---|---|---|---|---|---|---|"]
+    lines: list[str] = []
+    for cls in CLASSES:
+        members = [r for r in runs if r["expected"][0] == cls]
+        if not members:
+            continue
+        total_steps = sum(r["max_steps"] for r in members)
+        for det in DETECTORS:
+            steps = [(r, r["detections"][det]) for r in members]
+            caught = [(r, s) for r, s in steps if s is not None]
+            named = sum(named_correctly(r) for r in members) if det == "trainwatch" else None
+            named_cell = f"{named}/{len(members)}" if named is not None and cls != HEALTHY else "—"
+            if cls == HEALTHY:
+                alarms = ", ".join(run_id(r) for r, _ in caught)
+                rows.append(f"| {cls} | {DETECTOR_TITLES[det]} | — | {named_cell} | {len(caught)}/{len(members)}"
+                            f"{' (' + alarms + ')' if alarms and det == 'trainwatch' else ''} | — | — |")
+                continue
+            delays = [s - r["onset"] for r, s in caught]
+            delay_cell = f"{statistics.median(delays):g} / {max(delays)}" if delays else "—"
+            saved = sum(r["max_steps"] - s for r, s in caught)
+            rows.append(f"| {cls} | {DETECTOR_TITLES[det]} | {len(caught)}/{len(members)} | {named_cell} | — | "
+                        f"{delay_cell} | {saved / total_steps:.0%} |")
+    for r in runs:
+        d, ours = r["detections"], r["detections"]["trainwatch"]
+        if not r["replay_matches"]:
+            lines.append(f"{run_id(r)}: live findings differ from the replay of its log_history")
+        if r["expected"][0] == HEALTHY:
+            if ours is not None:
+                lines.append(f"{run_id(r)}: healthy run flagged {r['findings'][0][:2]} at step {ours}")
+            continue
+        if ours is None:
+            lines.append(f"{run_id(r)}: missed by trainwatch; peers: {_peer_steps(d)}")
+            continue
+        if not named_correctly(r):
+            lines.append(f"{run_id(r)}: named {r['findings'][0][:2]}, expected {r['expected']}")
+        earlier = {p: s for p, s in d.items() if p != "trainwatch" and s is not None and s < ours}
+        if earlier:
+            lines.append(f"{run_id(r)}: trainwatch at step {ours} (onset {r['onset']}), later than {_peer_steps(earlier)}")
+    return "\n".join(rows), lines
+
+
+def _peer_steps(steps: dict[str, int | None]) -> str:
+    return ", ".join(f"{p} at {s}" for p, s in steps.items() if p != "trainwatch" and s is not None) or "none"
+
+
+def _worker(job: tuple[Variant, str, int]) -> dict[str, Any]:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+    return run_one(*job)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one seed and arch of one variant per class")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--runs", action="store_true", help="also print every run's detection steps")
+    args = parser.parse_args(argv)
+    if args.quick:
+        chosen = [v for v in variants() if v.name in ("healthy", "exploding", "zero_gradients", "overfitting")]
+        jobs = [(v, "llama", 0) for v in chosen]
+    else:
+        jobs = [(v, arch, seed) for v in variants() for arch in ("llama", "gpt2") for seed in (0, 1, 2)]
+    log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    log(f"training {len(jobs)} labelled runs on {args.workers} worker(s)...")
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        runs = list(pool.map(_worker, jobs))
+    for run in runs:
+        run["onset"] = onset(run)
+        run["detections"] = detections(run)
+    if args.runs or args.quick:
+        print("| run | expected | onset | max steps | " + " | ".join(DETECTORS) + " | trainwatch finding |")
+        print("|---|---|---|---|" + "---|" * len(DETECTORS) + "---|")
+        for r in runs:
+            cells = " | ".join(str(r["detections"][d] if r["detections"][d] is not None else "—") for d in DETECTORS)
+            first = f"{r['findings'][0][0]}/{r['findings'][0][1]}" if r["findings"] else "—"
+            print(f"| {run_id(r)} | {r['expected'][0]}/{r['expected'][1] or '*'} | {r['onset'] if r['onset'] is not None else '—'} "
+                  f"| {r['max_steps']} | {cells} | {first} |")
+        print()
+    table, lines = summarise(runs)
+    print(table)
+    matches = sum(r["replay_matches"] for r in runs)
+    print(f"\nlive Diagnoser findings == Engine replay of log_history: {matches}/{len(runs)} runs")
+    print("\nwhere trainwatch missed, misnamed, misfired or was later than a peer:")
+    print("\n".join(f"- {line}" for line in lines) if lines else "- nowhere")
+    failing = [r for r in runs if r["expected"][0] != HEALTHY]
+    beaten = {run_id(r) for r in failing if any(
+        s is not None and (r["detections"]["trainwatch"] is None or s < r["detections"]["trainwatch"])
+        for p, s in r["detections"].items() if p != "trainwatch")}
+    healthy_flagged = sum(r["detections"]["trainwatch"] is not None for r in runs if r["expected"][0] == HEALTHY)
+    print(f"\ngoal (every failing run caught no later than any peer, no healthy run flagged): "
+          f"{len(failing) - len(beaten)}/{len(failing)} failing runs no later than every peer; "
+          f"{healthy_flagged} healthy run(s) flagged")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
