@@ -2,13 +2,19 @@
 
 The decision itself lives in :class:`trainwatch.engine.Engine`; these classes only translate (logs in), act (stop,
 report) and keep state across a resume. Every rank sees the same logged values (Trainer reduces them before
-``on_log``), so every rank takes the same decision on the same step; only world process zero prints and writes.
+``on_log``), so every rank takes the same decision on the same step; what a rank measures itself (the pre-flight's
+dataset count, GPU memory) is reduced over the ranks before deciding; only world process zero prints and writes.
+
+A resumed run's history is rebuilt from the checkpoint's ``trainer_state.json`` log history, which holds exactly
+the entries ``on_log`` saw: the detectors remember the past in the user's own callback instance, whether or not
+``restore_callback_states_from_checkpoint`` is set (a Trainer ``ExportableState`` would be replaced by a copy).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import re
 import time
@@ -17,11 +23,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import ExportableState
 
+from trainwatch import preflight as checklist
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import EXPLODING, FLAT, KINDS, OVERFITTING, Finding
-from trainwatch.history import Facts
+from trainwatch.fixes import fixes_for
+from trainwatch.history import LOSS, Facts
 from trainwatch.report import format_finding, to_json, write_json_atomic
 
 logger = logging.getLogger("trainwatch")
@@ -46,7 +53,7 @@ def _contained(hook: Hook) -> Hook:
     return wrapper  # type: ignore[return-value]
 
 
-class DiagnosisCallback(TrainerCallback, ExportableState):
+class DiagnosisCallback(TrainerCallback):
     """Watches one or more failure classes of a Trainer run.
 
     Args:
@@ -55,6 +62,10 @@ class DiagnosisCallback(TrainerCallback, ExportableState):
         report: print each finding when decided (world process zero), write ``<output_dir>/trainwatch/
             diagnosis.json``, and add the report to TensorBoard when it is among ``report_to``.
         smoothing: train losses whose median makes the smoothed level the rules compare.
+        preflight: run the pre-flight checklist (:mod:`trainwatch.preflight`) at the start, at step 1 and at step
+            ``early_loss_step``; its items go into the report and ``diagnosis.json``. A train set in which no
+            example has a target token stops training at once when "flat" is in ``stop_on``.
+        early_loss_step: the step at which the loss must be lower than at the start.
         **thresholds: the rules' thresholds by name: ``max_loss``, ``rise_factor`` (exploding);
             ``patience_steps``, ``tolerance``, ``confirm_steps`` (flat); ``train_below``, ``val_above``,
             ``rising_evals``, ``min_rise`` (overfitting). See :mod:`trainwatch.rules` for their meaning.
@@ -62,7 +73,16 @@ class DiagnosisCallback(TrainerCallback, ExportableState):
 
     kinds: tuple[str, ...] = KINDS
 
-    def __init__(self, stop_on: Iterable[str] = (), *, report: bool = True, smoothing: int = 3, **thresholds: Any) -> None:
+    def __init__(
+        self,
+        stop_on: Iterable[str] = (),
+        *,
+        report: bool = True,
+        smoothing: int = 3,
+        preflight: bool = True,
+        early_loss_step: int = 10,
+        **thresholds: Any,
+    ) -> None:
         self.stop_on = tuple(stop_on)
         unknown = set(self.stop_on) - set(self.kinds)
         if unknown:
@@ -70,11 +90,17 @@ class DiagnosisCallback(TrainerCallback, ExportableState):
         self.report = report
         self.thresholds = thresholds
         self.smoothing = smoothing
+        self.preflight = preflight
+        self.early_loss_step = early_loss_step
         self.engine = Engine(build_rules(self.kinds, **thresholds), smoothing=smoothing)
+        self.checks: list[checklist.Check] = []
+        """The pre-flight checklist so far (items at step 1 and ``early_loss_step`` join when known)."""
         self.disabled = False
         self._output_dir: str | None = None
         self._tensorboard_dir: str | None = None
         self._stopped_by: Finding | None = None
+        self._run_facts: dict[str, int] = {}
+        self._begin_step = 0
 
     # -- what users read --------------------------------------------------------------------------------------------
     @property
@@ -88,14 +114,28 @@ class DiagnosisCallback(TrainerCallback, ExportableState):
     # -- hooks ------------------------------------------------------------------------------------------------------
     @_contained
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
-        self.engine.history.facts = _facts(args, model)
         self._output_dir = args.output_dir
         self._tensorboard_dir = _tensorboard_dir(args)
+        self._resume(state)
+        self.engine.history.facts = _facts(args, model)
+        self._begin_step = state.global_step
+        if self.preflight:
+            self._preflight_begin(args, state, control, model, kwargs)
+
+    @_contained
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self.preflight and state.global_step == self._begin_step + 1 and _on_cuda(args):
+            self._add_checks(state, [checklist.check_memory(*_gpu_memory(args))])
 
     @_contained
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         for finding in self.engine.observe(state.global_step, logs or {}):
             self._act(finding, state, control)
+        if self.preflight and LOSS in (logs or {}) and not any(c.name == checklist.EARLY_LOSS for c in self.checks):
+            history = self.engine.history
+            if state.global_step >= self.early_loss_step and history.loss_start is not None:
+                start, level = history.loss_start, history.loss_level if history.loss_level is not None else float(logs[LOSS])
+                self._add_checks(state, [checklist.check_early_loss(start, state.global_step, level)])
 
     @_contained
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -132,6 +172,8 @@ class DiagnosisCallback(TrainerCallback, ExportableState):
         stopped = self._stopped_by.to_dict() if self._stopped_by else None
         keep = {f.kind: self._checkpoint_to_keep(f, state) for f in self.engine.findings}
         data = to_json(self.engine.findings, source="live", step=state.global_step, stopped_by=stopped, checkpoints_to_keep=keep)
+        if self.preflight:
+            data["preflight"] = {**self._run_facts, "checks": [c.to_dict() for c in self.checks]}
         return write_json_atomic(Path(self._output_dir or ".") / REPORT_FILE, data)
 
     def _write_tensorboard(self, state: TrainerState) -> None:
@@ -140,21 +182,69 @@ class DiagnosisCallback(TrainerCallback, ExportableState):
         from torch.utils.tensorboard import SummaryWriter
 
         text = "\n\n".join(format_finding(f).replace("\n", "  \n") for f in self.engine.findings) or "no failure found"
+        if self.checks:
+            text += "\n\n" + checklist.format_checks(self.checks).replace("\n", "  \n")
         with SummaryWriter(log_dir=self._tensorboard_dir, filename_suffix=".trainwatch") as writer:
             writer.add_text("trainwatch/diagnosis", f"**verdict: {self.verdict}**  \n\n{text}", state.global_step)
 
-    # -- resume (transformers ExportableState) ----------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        args = {"stop_on": list(self.stop_on), "report": self.report, "smoothing": self.smoothing, **self.thresholds}
-        return {"args": args, "attributes": {"engine_state": self.engine.state_dict()}}
+    # -- resume -----------------------------------------------------------------------------------------------------
+    def _resume(self, state: TrainerState) -> None:
+        """Rebuild the engine from the run's own log history: empty for a new run, the past for a resumed one.
 
-    @property
-    def engine_state(self) -> dict[str, Any]:
-        return self.engine.state_dict()
+        Findings already decided are kept without acting on them again (the user resumed knowingly); a run
+        resumed from an earlier checkpoint than the one this instance last saw forgets the abandoned steps.
+        """
+        self.engine = Engine(build_rules(self.kinds, **self.thresholds), smoothing=self.smoothing)
+        self._stopped_by = None
+        self.checks = []
+        past = [(int(e["step"]), e) for e in state.log_history if isinstance(e.get("step"), int)]
+        self.engine.replay(past)
+        if past and self.report and state.is_world_process_zero:
+            found = "; ".join(f"{f.kind} ({f.cause}) at step {f.step}" for f in self.engine.findings) or "nothing"
+            logger.warning("trainwatch: resumed at step %d; %d logged entries replayed, found so far: %s",
+                           state.global_step, len(past), found)
 
-    @engine_state.setter
-    def engine_state(self, state: dict[str, Any]) -> None:
-        self.engine.load_state_dict(state)
+    # -- pre-flight ---------------------------------------------------------------------------------------------------
+    def _preflight_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any, hooks: dict[str, Any]) -> None:
+        """The checklist items known before the first step; stops at once on a train set without a single target."""
+        total, per_epoch = state.max_steps, _steps_per_epoch(state, args, hooks.get("train_dataloader"))
+        self._run_facts = {"effective_batch_size": checklist.effective_batch_size(args), "expected_total_steps": total}
+        with_targets, count, data_checks = _inspect_data(args, model, hooks)
+        checks = [
+            *data_checks,
+            checklist.check_precision(args, cuda=_on_cuda(args), bf16_supported=_bf16_supported(args)),
+            checklist.check_gradient_checkpointing(args, _parameter_count(model)),
+            checklist.check_warmup(args.get_warmup_steps(total), total),
+            checklist.check_grad_clipping(args, quantized=_quantized(model)),
+            checklist.check_evaluation(args, per_epoch),
+            checklist.check_save_limit(args),
+        ]
+        if not _on_cuda(args):  # known now; on a GPU it is measured after step 1
+            checks.append(checklist.check_memory(None, None))
+        self._add_checks(state, checks, header=f"effective batch size {self._run_facts['effective_batch_size']}, "
+                                                f"expected total steps {total}")
+        if with_targets == 0 and state.global_step == 0:
+            self._no_targets(count, state, control)
+
+    def _no_targets(self, count: checklist.TargetCount | None, state: TrainerState, control: TrainerControl) -> None:
+        """No example can teach anything: decide "flat" now, with the counted evidence, instead of after steps."""
+        inspected = count.inspected if count else None
+        finding = Finding(
+            FLAT, "no_target_tokens", state.global_step,
+            f"pre-flight: none of the {inspected or 'inspected'} inspected train examples has a target token "
+            "(every label is -100)",
+            {"inspected_examples": inspected, "dataset_size": count.dataset_size if count else None, "examples_with_targets": 0},
+            fixes_for("no_target_tokens", self.engine.history.facts.hyperparameters),
+        )
+        if FLAT in self.stop_on and FLAT in self.kinds:
+            self.engine.findings.append(finding)
+            self._act(finding, state, control)
+
+    def _add_checks(self, state: TrainerState, checks: list[checklist.Check], header: str = "") -> None:
+        self.checks.extend(checks)
+        if self.report and state.is_world_process_zero:
+            title = "trainwatch pre-flight" + (f" ({header})" if header else "")
+            logger.warning("%s", checklist.format_checks(checks, title=title))
 
 
 class Diagnoser(DiagnosisCallback):
@@ -211,3 +301,117 @@ def _checkpoint_steps(output_dir: str | None) -> list[int]:
     if not output_dir or not os.path.isdir(output_dir):
         return []
     return [int(m.group(1)) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))]
+
+
+# -- what the pre-flight reads from the run -------------------------------------------------------------------------
+def _inspect_data(
+    args: TrainingArguments, model: Any, hooks: dict[str, Any]
+) -> tuple[int, checklist.TargetCount | None, list[checklist.Check]]:
+    """Count target tokens by collating the train set's own examples, with every random state left as it was.
+
+    Returns the examples with targets on the process that saw most (-1: none could inspect), this process's
+    count, and the checklist items.
+    """
+    import random
+
+    import torch
+
+    loader = hooks.get("train_dataloader")
+    max_length = getattr(args, "max_length", None) or getattr(args, "max_seq_length", None)
+    count, problem = None, ""
+    python_state, numpy_state = random.getstate(), _numpy_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            count = checklist.count_targets(
+                getattr(loader, "dataset", None), getattr(loader, "collate_fn", None),
+                max_length=max_length, eos_token_id=_eos_token_id(model, hooks.get("processing_class")),
+            )
+    except Exception as error:  # noqa: BLE001 - a dataset we cannot read is reported, not fatal
+        problem = f"{type(error).__name__}: {error}"
+    finally:
+        random.setstate(python_state)
+        if numpy_state is not None:
+            import numpy
+
+            numpy.random.set_state(numpy_state)
+    # Every rank takes part in the reduction, whatever it could read, so none waits for another and all decide alike.
+    with_targets = _reduce_max(count.with_targets if count else -1, args)
+    if count is not None and (count.with_targets > 0 or with_targets == 0):
+        return with_targets, count, [*checklist.check_targets(count), checklist.check_truncation(count, max_length)]
+    if with_targets < 0:
+        return with_targets, None, [checklist.Check(
+            "target tokens", checklist.SKIP, f"the train set cannot be inspected here ({problem})",
+            "run `trainwatch check` on the data, or count examples with labels != -100 yourself",
+        )]
+    seen = "has targets" if with_targets > 0 else "has no target token either"
+    return with_targets, None, [checklist.Check("target tokens", checklist.PASS if with_targets else checklist.FAIL,
+                                                f"another process's share of the train set {seen}")]
+
+
+def _numpy_state() -> Any:
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy.random.get_state()
+
+
+def _reduce_max(value: int, args: TrainingArguments) -> int:
+    """The largest ``value`` over all processes (itself outside a distributed run)."""
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    tensor = torch.tensor([value], dtype=torch.int64, device=args.device if dist.get_backend() == "nccl" else "cpu")
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def _eos_token_id(model: Any, tokenizer: Any) -> int | None:
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is None:
+        eos = getattr(getattr(model, "config", None), "eos_token_id", None)
+    return eos if isinstance(eos, int) else None
+
+
+def _gpu_memory(args: TrainingArguments) -> tuple[int | None, int | None]:
+    """Memory reserved on this process's GPU (the largest over all processes) and the card's size."""
+    import torch
+
+    if not _on_cuda(args):
+        return None, None
+    used = _reduce_max(torch.cuda.max_memory_reserved(args.device), args)
+    return used, torch.cuda.get_device_properties(args.device).total_memory
+
+
+def _on_cuda(args: TrainingArguments) -> bool:
+    return getattr(args.device, "type", None) == "cuda"
+
+
+def _bf16_supported(args: TrainingArguments) -> bool:
+    import torch
+
+    return _on_cuda(args) and torch.cuda.is_bf16_supported()
+
+
+def _parameter_count(model: Any) -> int | None:
+    parameters = getattr(model, "parameters", None)
+    return sum(p.numel() for p in parameters()) if callable(parameters) else None
+
+
+def _quantized(model: Any) -> bool:
+    """A 4-/8-bit base (QLoRA), as transformers marks it."""
+    return bool(
+        getattr(model, "is_loaded_in_4bit", False)
+        or getattr(model, "is_loaded_in_8bit", False)
+        or getattr(getattr(model, "config", None), "quantization_config", None)
+    )
+
+
+def _steps_per_epoch(state: TrainerState, args: TrainingArguments, loader: Any = None) -> int:
+    """Optimizer steps in one pass over the train set (from the dataloader when it has a length)."""
+    try:
+        return max(1, len(loader) // args.gradient_accumulation_steps)
+    except TypeError:
+        return max(1, math.ceil(state.max_steps / max(state.num_train_epochs, 1)))

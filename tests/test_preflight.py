@@ -1,0 +1,205 @@
+"""The pre-flight checklist: pure checks on real collators and arguments, and the live Diagnoser on real runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainingArguments
+from transformers.data.data_collator import default_data_collator
+
+from trainwatch import preflight as pf
+from trainwatch.callbacks import Diagnoser
+from trainwatch.testing import Progressions, tiny_trainer
+
+
+def _args(tmp_path: Path, **overrides) -> TrainingArguments:
+    return TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[], **overrides)
+
+
+class PaddedResponses(torch.utils.data.Dataset):
+    """Prompt/response pairs of different lengths; ``keep`` response tokens survive a window of ``window``."""
+
+    def __init__(self, prompt_lengths: list[int], response_length: int, window: int, eos: int = 2) -> None:
+        self.rows = []
+        for prompt in prompt_lengths:
+            ids = [5] * prompt + [7] * (response_length - 1) + [eos]
+            labels = [-100] * prompt + ids[prompt:]
+            self.rows.append((ids[:window], labels[:window]))
+        self.window = window
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, list[int]]:
+        ids, labels = self.rows[i]
+        pad = self.window - len(ids)
+        return {"input_ids": ids + [0] * pad, "labels": labels + [-100] * pad, "attention_mask": [1] * len(ids) + [0] * pad}
+
+
+def test_counts_targets_after_the_causal_shift() -> None:
+    # One example whose only target is its first label: the shifted loss never sees it.
+    rows = [{"input_ids": [1, 2, 3], "labels": [1, -100, -100]}, {"input_ids": [1, 2, 3], "labels": [-100, 2, 3]}]
+    count = pf.count_targets(rows, default_data_collator)
+    assert (count.inspected, count.without_targets, count.with_targets) == (2, 1, 1)
+
+
+def test_no_target_at_all_fails_and_few_examples_warn() -> None:
+    masked = pf.count_targets(Progressions(40, masked_fraction=1.0), default_data_collator)
+    [check] = pf.check_targets(masked)
+    assert check.status == pf.FAIL and "-100" in check.detail and check.fix
+
+    few = {c.name: c for c in pf.check_targets(pf.count_targets(Progressions(40), default_data_collator))}
+    assert few["examples with targets"].status == pf.WARN and "40" in few["examples with targets"].detail
+    enough = {c.name: c for c in pf.check_targets(pf.count_targets(Progressions(300), default_data_collator))}
+    assert enough["examples with targets"].status == pf.PASS
+    assert enough["examples without targets"].status == pf.PASS
+
+
+def test_large_sets_are_sampled_and_extrapolated() -> None:
+    count = pf.count_targets(Progressions(5000), default_data_collator, sample_size=100)
+    assert count.inspected == 100 and count.dataset_size == 5000 and count.estimated_with_targets == 5000
+    [passed, _] = pf.check_targets(count)
+    assert passed.status == pf.PASS and passed.detail.startswith("≈")
+
+
+def test_truncated_responses_are_counted() -> None:
+    # Window 16, response 6 tokens: prompts of 4 fit, of 12 are cut short, of 16 lose the whole response.
+    data = PaddedResponses([4] * 6 + [12] * 3 + [16] * 2, response_length=6, window=16)
+    count = pf.count_targets(data, default_data_collator, max_length=16, eos_token_id=2)
+    assert (count.without_targets, count.at_max_length, count.cut_responses) == (2, 5, 5)
+    check = pf.check_truncation(count, 16)
+    assert check.status == pf.WARN and check.detail.startswith("5 of 11") and "16" in check.fix
+    statuses = {c.name: c.status for c in pf.check_targets(count)}
+    assert statuses["examples without targets"] == pf.WARN
+
+    fits = pf.count_targets(PaddedResponses([4] * 5, 6, window=16), default_data_collator, max_length=16, eos_token_id=2)
+    assert pf.check_truncation(fits, 16).status == pf.PASS
+    assert pf.check_truncation(fits, None).status == pf.SKIP
+
+
+def test_argument_checks(tmp_path: Path) -> None:
+    plain = _args(tmp_path)
+    assert pf.check_precision(plain, cuda=False, bf16_supported=False).status == pf.SKIP
+    assert pf.check_precision(plain, cuda=True, bf16_supported=True).status == pf.WARN
+    assert pf.check_precision(plain, cuda=True, bf16_supported=False).fix.startswith("fp16=True")
+
+    assert pf.check_gradient_checkpointing(plain, 7_000_000_000).status == pf.WARN
+    assert pf.check_gradient_checkpointing(_args(tmp_path, gradient_checkpointing=True), 7_000_000_000).status == pf.PASS
+    assert pf.check_gradient_checkpointing(plain, 30_000).status == pf.PASS
+
+    assert pf.check_warmup(30, 1000).status == pf.PASS
+    none = pf.check_warmup(0, 1000)
+    assert none.status == pf.WARN and "30 steps" in none.fix
+    assert pf.check_warmup(500, 1000).status == pf.WARN
+
+    assert pf.check_grad_clipping(_args(tmp_path, max_grad_norm=0.0), quantized=False).status == pf.WARN
+    assert pf.check_grad_clipping(plain, quantized=False).status == pf.PASS
+    qlora = pf.check_grad_clipping(plain, quantized=True)
+    assert qlora.status == pf.WARN and "0.3" in qlora.fix
+    assert pf.check_grad_clipping(_args(tmp_path, max_grad_norm=0.3), quantized=True).status == pf.PASS
+
+    assert pf.check_evaluation(plain, 100).status == pf.WARN
+    assert pf.check_evaluation(_args(tmp_path, eval_strategy="epoch"), 100).status == pf.WARN
+    assert pf.check_evaluation(_args(tmp_path, eval_strategy="steps", eval_steps=25), 100).status == pf.PASS
+    assert pf.check_evaluation(_args(tmp_path, eval_strategy="steps", eval_steps=50), 100).status == pf.WARN
+
+    assert pf.check_save_limit(plain).status == pf.WARN
+    assert pf.check_save_limit(_args(tmp_path, save_total_limit=2)).status == pf.PASS
+    assert pf.check_save_limit(_args(tmp_path, save_strategy="no")).status == pf.SKIP
+
+    assert pf.check_memory(None, None).status == pf.SKIP
+    assert pf.check_memory(70 * 2**30, 80 * 2**30).status == pf.PASS
+    assert pf.check_memory(75 * 2**30, 80 * 2**30).status == pf.WARN
+    assert pf.check_early_loss(4.0, 10, 3.5).status == pf.PASS
+    assert pf.check_early_loss(4.0, 10, 4.1).status == pf.WARN
+    assert pf.check_early_loss(4.0, 10, float("nan")).status == pf.FAIL
+    assert pf.effective_batch_size(_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=8)) == 32
+
+
+def _report(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "trainwatch" / "diagnosis.json").read_text())
+
+
+def test_no_target_tokens_stops_before_the_run_spends_its_budget(tmp_path: Path, caplog) -> None:
+    diagnoser = Diagnoser(stop_on=("flat",))
+    trainer = tiny_trainer("no_target_tokens", str(tmp_path), callbacks=[diagnoser])
+    with caplog.at_level(logging.WARNING, logger="trainwatch"):
+        trainer.train()
+    # Trainer checks should_training_stop only after an optimizer step: one step of 150 runs.
+    assert trainer.state.global_step == 1
+    [finding] = diagnoser.diagnoses
+    assert (finding.kind, finding.cause, finding.step) == ("flat", "no_target_tokens", 0)
+    report = _report(tmp_path)
+    assert report["verdict"] == "flat" and report["stopped_by"]["cause"] == "no_target_tokens"
+    checks = {c["name"]: c for c in report["preflight"]["checks"]}
+    assert checks["target tokens"]["status"] == "fail"
+    assert report["preflight"]["effective_batch_size"] == 8 and report["preflight"]["expected_total_steps"] == 150
+    assert "[fail] target tokens" in caplog.text and "expected total steps 150" in caplog.text
+
+
+def test_no_target_tokens_without_stop_on_is_reported_and_training_goes_on(tmp_path: Path) -> None:
+    diagnoser = Diagnoser()
+    trainer = tiny_trainer("no_target_tokens", str(tmp_path), callbacks=[diagnoser], max_steps=12)
+    trainer.train()
+    assert trainer.state.global_step == 12
+    # The live rule decides the run with its own evidence; the checklist says why in advance.
+    assert [(f.kind, f.cause) for f in diagnoser.diagnoses] == [("flat", "no_target_tokens")]
+    assert {c.name: c.status for c in diagnoser.checks}["target tokens"] == pf.FAIL
+
+
+def test_healthy_run_checklist_in_report(tmp_path: Path, caplog) -> None:
+    diagnoser = Diagnoser(stop_on=("flat", "exploding"))
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], max_steps=15, warmup_steps=0.03,
+                           save_strategy="steps", save_steps=10, save_total_limit=2)
+    with caplog.at_level(logging.WARNING, logger="trainwatch"):
+        trainer.train()
+    assert trainer.state.global_step == 15 and diagnoser.verdict == "healthy"
+    statuses = {c["name"]: c["status"] for c in _report(tmp_path)["preflight"]["checks"]}
+    assert statuses == {
+        "examples with targets": "pass", "examples without targets": "pass", "max sequence length": "skip",
+        "mixed precision": "skip", "gradient checkpointing": "pass", "warmup": "pass", "gradient clipping": "pass",
+        "evaluation": "warn", "save_total_limit": "pass", "GPU memory at step 1": "skip", "loss down by step 10": "pass",
+    }
+    assert "[pass] loss down by step 10" in caplog.text
+
+
+def test_flat_start_is_reported_at_step_10(tmp_path: Path) -> None:
+    diagnoser = Diagnoser()
+    tiny_trainer("lr_too_low", str(tmp_path), callbacks=[diagnoser], max_steps=12).train()
+    [early] = [c for c in diagnoser.checks if c.name == pf.EARLY_LOSS]
+    assert early.status == pf.WARN and "step 10" in early.detail
+
+
+def test_preflight_leaves_the_run_unchanged(tmp_path: Path) -> None:
+    """Inspecting the data must not consume the sampler or any random state: same losses with and without it."""
+    losses = []
+    for on in (False, True):
+        trainer = tiny_trainer("healthy_noisy", str(tmp_path / str(on)), callbacks=[Diagnoser(preflight=on)],
+                               max_steps=8, report_to=[])
+        trainer.train()
+        losses.append([e["loss"] for e in trainer.state.log_history if "loss" in e])
+    assert losses[0] == losses[1]
+
+
+def test_preflight_off_and_uninspectable_data(tmp_path: Path) -> None:
+    off = Diagnoser(preflight=False)
+    tiny_trainer("healthy", str(tmp_path / "off"), callbacks=[off], max_steps=3).train()
+    assert off.checks == [] and "preflight" not in _report(tmp_path / "off")
+
+    class Streamed(torch.utils.data.IterableDataset):
+        """A streaming dataset: it has no length and no index, so it cannot be inspected without consuming it."""
+
+        def __iter__(self):
+            yield from (Progressions(64)[i] for i in range(64))
+
+    diagnoser = Diagnoser()
+    trainer = tiny_trainer("healthy", str(tmp_path / "streamed"), callbacks=[diagnoser], max_steps=3)
+    trainer.train_dataset = Streamed()
+    trainer.train()
+    assert trainer.state.global_step == 3 and not diagnoser.disabled
+    [skip] = [c for c in diagnoser.checks if c.name == "target tokens"]
+    assert skip.status == pf.SKIP and "cannot be inspected" in skip.detail
