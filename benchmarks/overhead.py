@@ -1,0 +1,121 @@
+"""Overhead of watching: steps/s of the smallest tiny CPU Trainer run with and without ``Diagnoser``, and the cost of
+one ``on_log`` call in isolation relative to a step.
+
+    python benchmarks/overhead.py            # 15 interleaved pairs of 150-step runs + 20 000 isolated calls
+    python benchmarks/overhead.py --quick    # for the smoke test
+
+Runs with and without the callback alternate (which one goes first alternates too), so drift in a shared machine's
+load hits both alike; medians are reported, of wall time (what a user sees) and of this process's CPU time (the
+work done, which other processes on a shared machine change much less). A whole-run difference of a fraction of a percent is below the noise
+of such a machine, so the isolated per-call cost is the precise number: every logged step calls ``on_log`` once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+import timeit
+from typing import Any
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+from transformers import PrinterCallback, TrainerCallback, TrainerControl  # noqa: E402
+
+from trainwatch import Diagnoser  # noqa: E402
+from trainwatch.testing import tiny_trainer  # noqa: E402
+
+SCENARIO = "healthy"
+SKIPPED_STEPS = 5
+"""Steps left out of the timing: the first ones pay for lazy initialisation, not for watching."""
+
+
+def smallest_arch() -> str:
+    """The tiny architecture with the fewest parameters (the step where a fixed per-step cost weighs most)."""
+    from trainwatch.testing import tiny_model
+
+    return min(("llama", "gpt2"), key=lambda arch: sum(p.numel() for p in tiny_model(arch).parameters()))
+
+
+class StepClock(TrainerCallback):
+    """The time at the start of each optimizer step: one interval covers a whole step, its logging (and so
+    ``on_log``) included, without the run's fixed setup cost."""
+
+    def __init__(self) -> None:
+        self.starts: list[tuple[float, float]] = []
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.starts.append((time.perf_counter(), time.process_time()))
+
+
+def timed_run(arch: str, steps: int, watched: bool) -> tuple[tuple[float, float], list[dict]]:
+    """(wall, CPU) seconds per optimizer step of one run (logging every step, no eval) in its steady state, and its
+    log."""
+    clock = StepClock()
+    callbacks = [clock, Diagnoser(report=False)] if watched else [clock]
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = tiny_trainer(SCENARIO, output_dir, callbacks=callbacks, arch=arch, report_to="none",
+                               max_steps=steps, eval_strategy="no")
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    (wall0, cpu0), (wall1, cpu1) = clock.starts[SKIPPED_STEPS], clock.starts[-1]
+    intervals = len(clock.starts) - 1 - SKIPPED_STEPS
+    return ((wall1 - wall0) / intervals, (cpu1 - cpu0) / intervals), trainer.state.log_history
+
+
+def on_log_cost(history: list[dict], calls: int) -> float:
+    """CPU seconds per ``Diagnoser.on_log`` call, fed a real run's log entries over and over with rising steps."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = tiny_trainer(SCENARIO, output_dir, report_to="none", max_steps=1)
+        args, state, control = trainer.args, trainer.state, TrainerControl()
+    diagnoser = Diagnoser(report=False)
+    diagnoser.on_train_begin(args, state, control, model=trainer.model)
+    entries = [{k: v for k, v in e.items() if k != "step"} for e in history if "loss" in e]
+    feed = [entries[i % len(entries)] for i in range(calls)]
+
+    def call_all() -> None:
+        for step, logs in enumerate(feed, start=1):
+            state.global_step = step
+            diagnoser.on_log(args, state, control, logs=logs)
+
+    return min(timeit.repeat(call_all, timer=time.process_time, number=1, repeat=3)) / calls
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    pairs, steps, calls = (1, 12, 1_000) if args.quick else (15, 150, 20_000)
+    torch.set_num_threads(1)
+    arch = smallest_arch()
+    timed_run(arch, steps, watched=True)  # warm imports and caches before measuring
+    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+    history: list[dict] = []
+    for i in range(pairs):
+        for flag in (False, True) if i % 2 == 0 else (True, False):
+            per_step, log = timed_run(arch, steps, flag)
+            times[flag].append(per_step)
+            history = log if flag else history
+    per_call = on_log_cost(history, calls)
+    print(f"model: tiny {arch} ({SCENARIO}), {steps} steps per run (first {SKIPPED_STEPS} untimed), logging every "
+          f"step, {pairs} interleaved pairs")
+    print("| clock | without Diagnoser (steps/s) | with Diagnoser (steps/s) | time ratio with/without (median) | "
+          "median of per-pair ratios |")
+    print("|---|---|---|---|---|")
+    for index, clock in enumerate(("wall", "CPU")):
+        plain = [t[index] for t in times[False]]
+        watched = [t[index] for t in times[True]]
+        pair_ratios = [w / p for w, p in zip(watched, plain)]
+        print(f"| {clock} | {1 / statistics.median(plain):.1f} | {1 / statistics.median(watched):.1f} | "
+              f"{statistics.median(watched) / statistics.median(plain):.4f} | {statistics.median(pair_ratios):.4f} |")
+    step_cpu = statistics.median(t[1] for t in times[False])
+    print(f"\none Diagnoser.on_log call in isolation: {per_call * 1e6:.1f} µs CPU = {per_call / step_cpu:.3%} of a "
+          f"median step ({step_cpu * 1e3:.2f} ms CPU); goal < 0.5 %")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

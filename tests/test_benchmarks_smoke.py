@@ -1,0 +1,29 @@
+"""The benchmark scripts run end to end (``--quick``) and print their tables; their numbers are not judged here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize(
+    ("script", "expected"),
+    [
+        ("detection.py", ["| exploding | trainwatch Diagnoser |", "live Diagnoser findings == Engine replay"]),
+        ("overhead.py", ["| wall |", "| CPU |", "one Diagnoser.on_log call in isolation"]),
+        ("memory.py", ["| 10,000 |", "ratio last/first segment", "trainwatch.analyze"]),
+    ],
+)
+def test_benchmark_runs(script: str, expected: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True,
+                          env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for text in expected:
+        assert text in done.stdout, done.stdout
