@@ -1,0 +1,487 @@
+"""TensorBoard event files, read completely and defensively, without TensorFlow.
+
+An event file is a TFRecord stream: ``uint64 length, uint32 masked CRC-32C(length), data, uint32 masked
+CRC-32C(data)``, each ``data`` a serialized ``tensorflow.Event``. We decode the few protobuf fields a scalar needs by
+hand (a varint walker over bytes is several times faster than building full protobuf objects) and check every CRC
+with google-crc32c (C-backed). Unlike TensorBoard's ``EventAccumulator`` nothing is sampled away: a one-step spike in
+a million-step run is still there. Unlike TensorBoard's own reader, one damaged record costs that record only.
+
+Scalars come in every encoding writers use: ``simple_value`` (TF1, torch, tensorboardX) and rank-0 tensors
+(``tensor_content``, ``float_val``, ``double_val``, ``int_val``, ``int64_val``, ``half_val``) of a tag whose first-seen
+plugin is ``scalars`` (TF2, torch ``new_style``; TF1-style writers send the metadata with a tag's first value only).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import struct
+from array import array
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS
+
+SIGNALS = (LOSS, GRAD_NORM, LEARNING_RATE, EVAL_LOSS)
+SIGNAL_TAGS: dict[str, int] = {
+    "train/loss": 0, "train/grad_norm": 1, "train/learning_rate": 2, "eval/loss": 3,
+    # Trainer before it prefixed its tags (transformers < 4.2) wrote its log keys as they are.
+    "loss": 0, "grad_norm": 1, "learning_rate": 2, "eval_loss": 3,
+}
+"""Tags that carry Trainer's per-step signals, as indexes into :data:`SIGNALS`. ``train/train_loss`` is the mean
+over the whole run, logged once at the end: not a per-step loss, so deliberately absent."""
+EVAL_SIGNAL = 3
+TEXT_TAGS = ("args", "model_config")
+"""Text summaries TensorBoardCallback writes at train begin: TrainingArguments and the model config, as JSON."""
+
+CHUNK_BYTES = 1 << 20
+_MASK_DELTA = 0xA282EAD8
+_FLOAT = struct.Struct("<f")
+_DOUBLE = struct.Struct("<d")
+_HEADER = struct.Struct("<QI")
+_CRC = struct.Struct("<I")
+_SESSION_START = 1
+# tensorflow.DataType values of the numeric dtypes a scalar may have, with how tensor_content packs them.
+_CONTENT_FORMAT = {1: "<f", 2: "<d", 3: "<i", 4: "<B", 5: "<h", 6: "<b", 9: "<q", 10: "<?", 19: "<e", 17: "<H", 22: "<I", 23: "<Q"}
+_BFLOAT16 = 14
+
+
+class Undecodable(ValueError):
+    """A record whose CRC matched but whose bytes are not an Event we can read."""
+
+
+def masked_crc(data: bytes) -> int:
+    """TFRecord's CRC: CRC-32C rotated and offset, so a CRC of data that itself holds CRCs stays informative."""
+    crc = google_crc32c.value(data)
+    return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
+
+
+def file_timestamp(path: str | os.PathLike[str]) -> int:
+    """The creation time writers put in the name (``events.out.tfevents.<seconds>.<host>...``); 0 if absent."""
+    match = re.search(r"tfevents\.(\d+)", os.path.basename(path))
+    return int(match.group(1)) if match else 0
+
+
+def is_event_file(path: str | os.PathLike[str]) -> bool:
+    """TensorBoard's own test: the name contains ``tfevents``."""
+    return "tfevents" in os.path.basename(path)
+
+
+def event_files(directory: str | os.PathLike[str]) -> list[Path]:
+    """The event files directly in ``directory``, in the order they were written (their names' timestamps)."""
+    files = [p for p in Path(directory).iterdir() if p.is_file() and is_event_file(p)]
+    return sorted(files, key=lambda p: (file_timestamp(p), _natural(p.name)))
+
+
+def _natural(name: str) -> list[tuple[int, str]]:
+    """Sort key that puts ``...pid.9`` before ``...pid.10``, as the writers' counters mean."""
+    return [(int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", name)]
+
+
+# -- protobuf wire format ---------------------------------------------------------------------------------------------
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise Undecodable("varint longer than 10 bytes")
+
+
+def _skip(data: bytes, pos: int, wire: int) -> int:
+    if wire == 0:
+        return _varint(data, pos)[1]
+    if wire == 1:
+        return pos + 8
+    if wire == 2:
+        length, pos = _varint(data, pos)
+        return pos + length
+    if wire == 5:
+        return pos + 4
+    raise Undecodable(f"wire type {wire}")
+
+
+def _fields(data: bytes, start: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """``(field, wire, value_or_start, end)`` for each field of the message in ``data[start:end]``.
+
+    For a length-delimited field ``value_or_start..end`` is its payload; for a varint, the value; else its offset.
+    """
+    pos = start
+    while pos < end:
+        key = data[pos]
+        pos += 1
+        if key >= 0x80:
+            key, pos = _varint(data, pos - 1)
+        wire = key & 7
+        if wire == 2:
+            length = data[pos]
+            pos += 1
+            if length >= 0x80:
+                length, pos = _varint(data, pos - 1)
+            if pos + length > end:
+                raise Undecodable("field runs past its message")
+            yield key >> 3, 2, pos, pos + length
+            pos += length
+        elif wire == 0:
+            value, pos = _varint(data, pos)
+            yield key >> 3, 0, value, pos
+        else:
+            following = _skip(data, pos, wire)
+            yield key >> 3, wire, pos, following
+            pos = following
+    if pos != end:
+        raise Undecodable("message ends inside a field")
+
+
+def _plugin_name(data: bytes, start: int, end: int) -> str | None:
+    for number, wire, a, b in _fields(data, start, end):
+        if number == 1 and wire == 2:  # SummaryMetadata.plugin_data
+            for inner, inner_wire, c, d in _fields(data, a, b):
+                if inner == 1 and inner_wire == 2:  # PluginData.plugin_name
+                    return data[c:d].decode("utf-8", "replace")
+    return None
+
+
+def _packed(data: bytes, start: int, end: int, wire: int, fmt: str) -> float:
+    """The first element of a repeated numeric field, packed (wire 2) or not."""
+    if wire == 2:
+        if fmt in "fd":
+            return struct.unpack_from("<" + fmt, data, start)[0]
+        return float(_varint(data, start)[0])
+    if wire == 5:
+        return _FLOAT.unpack_from(data, start)[0]
+    if wire == 1:
+        return _DOUBLE.unpack_from(data, start)[0]
+    return float(start)  # a varint: _fields gave its value
+
+
+def _signed(value: float, bits: int) -> float:
+    """Varints carry negative integers as their two's complement."""
+    value = int(value)
+    return float(value - (1 << bits) if value >= 1 << (bits - 1) else value)
+
+
+def _tensor(data: bytes, start: int, end: int) -> tuple[str, float | str | None]:
+    """Decode a TensorProto: ``("scalar", number)``, ``("text", first string)`` or ``("other", None)``."""
+    dtype, elements, content, number, text = 0, 1, None, None, None
+    for num, wire, a, b in _fields(data, start, end):
+        if num == 1 and wire == 0:
+            dtype = a
+        elif num == 2 and wire == 2:  # TensorShapeProto: a scalar has one element (rank 0, or every dim 1)
+            for dim, dim_wire, c, d in _fields(data, a, b):
+                if dim == 2 and dim_wire == 2:
+                    elements *= next((v for f, w, v, _ in _fields(data, c, d) if f == 1 and w == 0), 0)
+        elif num == 4 and wire == 2:
+            content = data[a:b]
+        elif number is None and num == 5:
+            number = _packed(data, a, b, wire, "f")
+        elif number is None and num == 6:
+            number = _packed(data, a, b, wire, "d")
+        elif number is None and num == 7:
+            number = _signed(_packed(data, a, b, wire, "i"), 64)
+        elif number is None and num == 10:
+            number = _signed(_packed(data, a, b, wire, "q"), 64)
+        elif number is None and num == 11:
+            number = _packed(data, a, b, wire, "b")
+        elif number is None and num == 13:  # half_val: float16 bits in an int32
+            number = struct.unpack("<e", struct.pack("<H", int(_packed(data, a, b, wire, "i")) & 0xFFFF))[0]
+        elif text is None and num == 8 and wire == 2:
+            text = data[a:b].decode("utf-8", "replace")
+    if text is not None:
+        return "text", text
+    if elements != 1:
+        return "other", None
+    if content:
+        if dtype == _BFLOAT16:
+            return "scalar", struct.unpack("<f", b"\x00\x00" + content[:2])[0]
+        fmt = _CONTENT_FORMAT.get(dtype)
+        if fmt is None or struct.calcsize(fmt) != len(content):
+            return "other", None
+        return "scalar", float(struct.unpack(fmt, content)[0])
+    if number is not None:
+        return "scalar", float(number)
+    return "other", None
+
+
+# -- records ----------------------------------------------------------------------------------------------------------
+@dataclass
+class FileStats:
+    """What reading one event file met, for the report's notes."""
+
+    path: str
+    records: int = 0
+    scalars: int = 0
+    truncated_bytes: int = 0
+    bad_data_crc: int = 0
+    undecodable: int = 0
+    unframed_from: int | None = None
+    """Byte offset of a length CRC mismatch: from there on the records cannot be delimited."""
+    unread_bytes: int = 0
+
+    def notes(self) -> list[str]:
+        name = self.path
+        notes = []
+        if self.records == 0 and self.unframed_from is None and not self.truncated_bytes:
+            notes.append(f"{name}: empty event file")
+        if self.truncated_bytes:
+            notes.append(f"{name}: last record truncated ({self.truncated_bytes} bytes; the writer was stopped mid-write)")
+        if self.bad_data_crc:
+            notes.append(f"{name}: skipped {self.bad_data_crc} record(s) whose data CRC does not match (corrupted bytes)")
+        if self.undecodable:
+            notes.append(f"{name}: skipped {self.undecodable} record(s) that are not decodable Events")
+        if self.unframed_from is not None:
+            notes.append(
+                f"{name}: length CRC mismatch at byte {self.unframed_from}: the remaining {self.unread_bytes} bytes "
+                "cannot be split into records and were not read"
+            )
+        return notes
+
+
+SESSION_START = None
+"""The tag :func:`read_events` yields for a ``SessionLog.START`` (a restarted writer) at its step."""
+
+
+def read_events(
+    path: str | os.PathLike[str], stats: FileStats, plugins: dict[str, str | None], texts: dict[str, str]
+) -> Iterator[tuple[int, str | None, float]]:
+    """``(step, tag, value)`` for every scalar of one file in write order, and ``(step, SESSION_START, nan)``.
+
+    ``plugins`` maps each tag to the plugin named with its first value (shared across a run's files, as
+    TensorBoard does); ``texts`` receives the first value of each tag in :data:`TEXT_TAGS`. Damage is counted in
+    ``stats``. Framing, CRC checks and the common scalar layout are decoded in this one loop: it runs once per
+    record, a million times for a long run, so it avoids every call it can.
+    """
+    tag_names: dict[bytes, str] = {}
+    valid_headers: dict[bytes, int] = {}  # a header seen valid needs no second CRC: most records share a length
+    crc = google_crc32c.value
+    unpack_crc = _CRC.unpack_from
+    unpack_float = _FLOAT.unpack_from
+    with open(path, "rb") as f:
+        buffer, pos, consumed = b"", 0, 0
+        while True:
+            if len(buffer) - pos < 12:
+                more = f.read(CHUNK_BYTES)
+                if not more:
+                    stats.truncated_bytes += len(buffer) - pos
+                    return
+                consumed += pos
+                buffer, pos = buffer[pos:] + more, 0
+                continue
+            header = buffer[pos : pos + 12]
+            length = valid_headers.get(header)
+            if length is None:
+                length, length_crc = _HEADER.unpack(header)
+                if masked_crc(header[:8]) != length_crc:
+                    stats.unframed_from = consumed + pos
+                    stats.unread_bytes = len(buffer) - pos + (os.fstat(f.fileno()).st_size - f.tell())
+                    return
+                valid_headers[header] = length
+            end = pos + 16 + length
+            if end > len(buffer):
+                more = f.read(max(CHUNK_BYTES, end - len(buffer)))
+                if not more:
+                    stats.truncated_bytes += len(buffer) - pos
+                    return
+                consumed += pos
+                buffer, pos = buffer[pos:] + more, 0
+                continue
+            data = buffer[pos + 12 : end - 4]
+            pos = end
+            checksum = crc(data)
+            if (((checksum >> 15) | (checksum << 17)) + _MASK_DELTA) & 0xFFFFFFFF != unpack_crc(buffer, end - 4)[0]:
+                stats.bad_data_crc += 1
+                continue
+            stats.records += 1
+            # Fast path, the layout every writer uses for one simple_value: wall_time, step, summary{value{tag, v}}.
+            if 20 < length and data[0] == 0x09 and data[9] == 0x10:
+                step = data[10]
+                at = 11
+                if step >= 0x80:
+                    step, at = _varint(data, 10)
+                if (length - at < 130 and data[at] == 0x2A and data[at + 1] == length - at - 2 and data[at + 2] == 0x0A
+                        and data[at + 3] == length - at - 4 and data[at + 4] == 0x0A
+                        and data[at + 5] == length - at - 11 and data[length - 5] == 0x15):
+                    tag_bytes = data[at + 6 : length - 5]
+                    tag = tag_names.get(tag_bytes)
+                    if tag is None:
+                        tag = tag_names[tag_bytes] = tag_bytes.decode("utf-8", "replace")
+                        plugins.setdefault(tag, "scalars")
+                    stats.scalars += 1
+                    yield (step - (1 << 64) if step >= 1 << 63 else step), tag, unpack_float(data, length - 4)[0]
+                    continue
+            try:
+                found = _decode_event(data, plugins, texts, tag_names)
+            except (Undecodable, IndexError, struct.error, ValueError):
+                stats.undecodable += 1
+                continue
+            for item in found:
+                stats.scalars += item[1] is not None
+                yield item
+
+
+def _decode_event(
+    data: bytes, plugins: dict[str, str | None], texts: dict[str, str], tag_names: dict[bytes, str]
+) -> list[tuple[int, str | None, float]]:
+    step, summary, session = 0, None, None
+    for number, wire, a, b in _fields(data, 0, len(data)):
+        if number == 2 and wire == 0:
+            step = a - (1 << 64) if a >= 1 << 63 else a
+        elif number == 5 and wire == 2:
+            summary = (a, b)
+        elif number == 7 and wire == 2:
+            session = (a, b)
+    found: list[tuple[int, str | None, float]] = []
+    if session is not None:
+        status = next((v for n, w, v, _ in _fields(data, *session) if n == 1 and w == 0), 0)
+        if status == _SESSION_START:
+            found.append((step, SESSION_START, math.nan))
+    if summary is None:
+        return found
+    for number, wire, a, b in _fields(data, *summary):
+        if number != 1 or wire != 2:
+            continue
+        tag_bytes, simple, tensor, metadata = b"", None, None, None
+        for num, w, c, d in _fields(data, a, b):
+            if num == 1 and w == 2:
+                tag_bytes = data[c:d]
+            elif num == 2 and w == 5:
+                simple = _FLOAT.unpack_from(data, c)[0]
+            elif num == 8 and w == 2:
+                tensor = (c, d)
+            elif num == 9 and w == 2:
+                metadata = (c, d)
+        tag = tag_names.get(tag_bytes)
+        if tag is None:
+            tag = tag_names[tag_bytes] = tag_bytes.decode("utf-8", "replace")
+        if tag not in plugins:
+            plugins[tag] = _plugin_name(data, *metadata) if metadata else ("scalars" if simple is not None else None)
+        if simple is not None:
+            found.append((step, tag, simple))
+        elif tensor is not None and plugins[tag] in ("scalars", "text"):
+            kind, value = _tensor(data, *tensor)
+            if kind == "scalar" and plugins[tag] == "scalars":
+                found.append((step, tag, value))  # type: ignore[arg-type]
+            elif kind == "text":
+                name = tag.removesuffix("/text_summary")  # torch and tensorboardX add this suffix
+                if name in TEXT_TAGS and name not in texts:
+                    texts[name] = value  # type: ignore[assignment]
+    return found
+
+
+# -- a run: its files stitched into one series ------------------------------------------------------------------------
+@dataclass
+class TensorBoardRun:
+    """The signals of one run, every value kept, in write order, after restarts and resumes are resolved.
+
+    Only the four signal tags are kept, in compact arrays (17 bytes a value: a million-step run costs ~70 MB at
+    most); resolving a resume needs them, since a later writer replaces values an earlier one already wrote.
+    """
+
+    files: list[str]
+    steps: array = field(default_factory=lambda: array("q"))
+    signals: array = field(default_factory=lambda: array("b"))
+    values: array = field(default_factory=lambda: array("d"))
+    texts: dict[str, str] = field(default_factory=dict)
+    other_tags: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    records: int = 0
+    scalars: int = 0
+
+    def entries(self) -> Iterator[tuple[int, dict[str, float]]]:
+        """The run as Trainer's ``on_log`` saw it: one entry per log call (same step, train or eval, no tag twice)."""
+        current: dict[str, float] = {}
+        current_step, current_eval = None, False
+        for step, signal, value in zip(self.steps, self.signals, self.values):
+            name = SIGNALS[signal]
+            is_eval = signal == EVAL_SIGNAL
+            if current and (step != current_step or is_eval != current_eval or name in current):
+                yield current_step, current  # type: ignore[misc]
+                current = {}
+            current_step, current_eval = step, is_eval
+            current[name] = value
+        if current:
+            yield current_step, current  # type: ignore[misc]
+
+    def curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Each signal's ``(steps, values)``, every value."""
+        steps, signals, values = (np.frombuffer(a, dtype=a.typecode) for a in (self.steps, self.signals, self.values))
+        return {name: (steps[signals == i], values[signals == i]) for i, name in enumerate(SIGNALS)}
+
+    def _drop(self, limit: int, from_step: int, signals: Iterable[int]) -> int:
+        """Remove values of ``signals`` at steps >= ``from_step`` among the first ``limit``; return how many."""
+        steps = np.frombuffer(self.steps, dtype=np.int64)
+        which = np.frombuffer(self.signals, dtype=np.int8)
+        drop = np.zeros(len(steps), dtype=bool)
+        drop[:limit] = (steps[:limit] >= from_step) & np.isin(which[:limit], list(signals))
+        removed = int(drop.sum())
+        if removed:
+            keep = ~drop
+            values = np.frombuffer(self.values, dtype=np.float64)
+            self.steps = array("q", steps[keep].tobytes())
+            self.signals = array("b", which[keep].tobytes())
+            self.values = array("d", values[keep].tobytes())
+        return removed
+
+
+def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
+    """Read a run's event files in order into one series.
+
+    Where a later file starts writing a step an earlier file already covered, the training restarted there (a
+    resume from a checkpoint): the later values win, as they describe the run that went on. A ``SessionLog.START``
+    drops earlier values at steps >= its step, as TensorBoard does.
+    """
+    run = TensorBoardRun(files=[str(f) for f in files])
+    plugins: dict[str, str | None] = {}
+    replaced: list[tuple[str, int, int]] = []
+    for path in run.files:
+        stats = FileStats(path)
+        earlier = len(run.steps)
+        seen_train = seen_eval = False
+        steps, signals, values = run.steps, run.signals, run.values
+        try:
+            for step, tag, value in read_events(path, stats, plugins, run.texts):
+                if tag is SESSION_START:
+                    dropped = run._drop(len(run.steps), step, range(len(SIGNALS)))
+                    steps, signals, values = run.steps, run.signals, run.values
+                    earlier = min(earlier, len(run.steps))
+                    run.notes.append(f"{path}: writer restarted (SessionLog.START) at step {step}; "
+                                     f"dropped {dropped} earlier value(s) at steps >= {step}, as TensorBoard does")
+                    continue
+                signal = SIGNAL_TAGS.get(tag)  # type: ignore[arg-type]
+                if signal is None:
+                    run.other_tags[tag] = run.other_tags.get(tag, 0) + 1  # type: ignore[index]
+                    continue
+                is_eval = signal == EVAL_SIGNAL
+                if earlier and not (seen_eval if is_eval else seen_train):
+                    # First value of this kind in a later file: it supersedes what earlier files wrote from here on.
+                    covered = range(len(SIGNALS)) if not is_eval else (EVAL_SIGNAL,)
+                    dropped = run._drop(earlier, step, covered)
+                    if dropped:
+                        replaced.append((path, step, dropped))
+                        earlier -= dropped
+                        steps, signals, values = run.steps, run.signals, run.values
+                if is_eval:
+                    seen_eval = True
+                else:
+                    seen_train = True
+                steps.append(step)
+                signals.append(signal)
+                values.append(value)
+        except OSError as error:
+            run.notes.append(f"{path}: could not be read ({error.strerror or error})")
+        run.records += stats.records
+        run.scalars += stats.scalars
+        run.notes.extend(stats.notes())
+    for path, step, dropped in replaced:
+        run.notes.append(f"{path} logs again from step {step} (a resume): it replaced {dropped} value(s) an earlier "
+                         "writer had logged at those steps")
+    return run

@@ -1,0 +1,112 @@
+"""trainer_state.json: Trainer's own record of every ``on_log`` call (``log_history``), plus what sits beside it.
+
+``log_history`` is exactly the list of dicts the live callback received, each with its ``step``, so replaying it is
+the live run again. The files Trainer and peft save next to it (``adapter_config.json``, ``config.json``,
+``training_args.json`` where a tool wrote one) give the hyperparameters and vocabulary size; ``training_args.bin``
+is a pickle and is never loaded (unpickling runs code).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainwatch.history import SIGNALS, Facts
+from trainwatch.logs import LogReadError
+
+STATE_FILE = "trainer_state.json"
+LORA_KEYS = (("lora_r", "r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"))
+STATE_HYPERPARAMETERS = ("num_train_epochs", "max_steps", "logging_steps", "eval_steps", "save_steps")
+"""Fields of trainer_state.json that are also TrainingArguments fields of the same meaning."""
+
+
+@dataclass
+class TrainerState:
+    """One trainer_state.json: its log entries in order and the facts found with it."""
+
+    path: str
+    log_history: list[dict[str, Any]]
+    facts: Facts = field(default_factory=Facts)
+    notes: list[str] = field(default_factory=list)
+
+    def entries(self) -> Iterator[tuple[int, dict[str, Any]]]:
+        """``(step, logs)`` for each entry, as ``on_log`` received it."""
+        for entry in self.log_history:
+            yield entry["step"], entry
+
+
+def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
+    """Read ``path`` (a trainer_state.json) and the facts beside it; :class:`LogReadError` if it is not one."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))  # Python's json reads the NaN/Infinity Trainer writes
+    except OSError as error:
+        raise LogReadError(f"{path}: cannot read ({error.strerror or error})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise LogReadError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("log_history"), list):
+        raise LogReadError(f"{path}: not a trainer_state.json (no log_history list)")
+    state = TrainerState(str(path), [], facts=facts_beside(path.parent, data))
+    skipped = 0
+    for entry in data["log_history"]:
+        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and not isinstance(entry["step"], bool):
+            state.log_history.append({k: v for k, v in entry.items() if k == "step" or _is_number(v) or k not in SIGNALS})
+        else:
+            skipped += 1
+    if skipped:
+        state.notes.append(f"{path}: skipped {skipped} log_history entr{'y' if skipped == 1 else 'ies'} without a step")
+    if not state.log_history:
+        state.notes.append(f"{path}: log_history is empty (the run saved its state before its first log)")
+    return state
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Facts:
+    """Hyperparameters and vocab size from the files Trainer and peft save with a checkpoint (and its parent)."""
+    params: dict[str, Any] = {}
+    if state:
+        params.update({k: state[k] for k in STATE_HYPERPARAMETERS if _is_number(state.get(k)) and state[k] > 0})
+    vocab_size = None
+    for folder in (directory.parent, directory):  # a checkpoint's own files win over its output dir's
+        args = _json_object(folder / "training_args.json")
+        params.update(hyperparameters_from_args(args))
+        adapter = _json_object(folder / "adapter_config.json")
+        params.update(lora_hyperparameters(adapter))
+        vocab_size = vocab_size_from_config(_json_object(folder / "config.json")) or vocab_size
+    return Facts(vocab_size=vocab_size, hyperparameters=params)
+
+
+def hyperparameters_from_args(args: Mapping[str, Any]) -> dict[str, Any]:
+    """The TrainingArguments fields the live callback keeps: plain numbers, strings and booleans."""
+    return {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool)) and not (
+        isinstance(v, float) and math.isnan(v))}
+
+
+def lora_hyperparameters(adapter_config: Mapping[str, Any]) -> dict[str, Any]:
+    """``r``/``lora_alpha``/``lora_dropout`` of a peft adapter config under the names the fixes use."""
+    return {ours: adapter_config[theirs] for ours, theirs in LORA_KEYS if _is_number(adapter_config.get(theirs))}
+
+
+def vocab_size_from_config(config: Mapping[str, Any]) -> int | None:
+    """A model config's vocabulary size, looking into ``text_config`` for multimodal models, as the live one does."""
+    for candidate in (config.get("text_config"), config):
+        if isinstance(candidate, Mapping) and _is_number(candidate.get("vocab_size")):
+            return int(candidate["vocab_size"])
+    return None
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A small JSON file's object, or {} when it is absent or not one (facts are a bonus, never a failure)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
