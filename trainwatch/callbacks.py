@@ -116,8 +116,7 @@ class DiagnosisCallback(TrainerCallback):
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
         self._output_dir = args.output_dir
         self._tensorboard_dir = _tensorboard_dir(args)
-        self._resume(state)
-        self.engine.history.facts = _facts(args, model)
+        self._resume(state, _facts(args, model))
         self._begin_step = state.global_step
         if self.preflight:
             self._preflight_begin(args, state, control, model, kwargs)
@@ -131,9 +130,10 @@ class DiagnosisCallback(TrainerCallback):
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         for finding in self.engine.observe(state.global_step, logs or {}):
             self._act(finding, state, control)
-        if self.preflight and LOSS in (logs or {}) and not any(c.name == checklist.EARLY_LOSS for c in self.checks):
+        early = self.preflight and self._begin_step < self.early_loss_step <= state.global_step
+        if early and LOSS in (logs or {}) and not any(c.name == checklist.EARLY_LOSS for c in self.checks):
             history = self.engine.history
-            if state.global_step >= self.early_loss_step and history.loss_start is not None:
+            if history.loss_start is not None:
                 start, level = history.loss_start, history.loss_level if history.loss_level is not None else float(logs[LOSS])
                 self._add_checks(state, [checklist.check_early_loss(start, state.global_step, level)])
 
@@ -188,13 +188,13 @@ class DiagnosisCallback(TrainerCallback):
             writer.add_text("trainwatch/diagnosis", f"**verdict: {self.verdict}**  \n\n{text}", state.global_step)
 
     # -- resume -----------------------------------------------------------------------------------------------------
-    def _resume(self, state: TrainerState) -> None:
+    def _resume(self, state: TrainerState, facts: Facts) -> None:
         """Rebuild the engine from the run's own log history: empty for a new run, the past for a resumed one.
 
         Findings already decided are kept without acting on them again (the user resumed knowingly); a run
         resumed from an earlier checkpoint than the one this instance last saw forgets the abandoned steps.
         """
-        self.engine = Engine(build_rules(self.kinds, **self.thresholds), smoothing=self.smoothing)
+        self.engine = Engine(build_rules(self.kinds, **self.thresholds), smoothing=self.smoothing, facts=facts)
         self._stopped_by = None
         self.checks = []
         past = [(int(e["step"]), e) for e in state.log_history if isinstance(e.get("step"), int)]
