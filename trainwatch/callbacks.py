@@ -343,9 +343,18 @@ def _inspect_data(
             "target tokens", checklist.SKIP, f"the train set cannot be inspected here ({problem})",
             "run `trainwatch check` on the data, or count examples with labels != -100 yourself",
         )]
-    seen = "has targets" if with_targets > 0 else "has no target token either"
-    return with_targets, None, [checklist.Check("target tokens", checklist.PASS if with_targets else checklist.FAIL,
-                                                f"another process's share of the train set {seen}")]
+    if count is not None:  # this share has none, another process's has
+        return with_targets, count, [checklist.Check(
+            "target tokens", checklist.WARN,
+            f"none of this process's {count.inspected} inspected examples has a target token; another process's share has",
+            "check the label masking of this process's share: its compute teaches nothing",
+        )]
+    elsewhere = "has no target token either" if with_targets == 0 else "has targets"
+    return with_targets, None, [checklist.Check(
+        "target tokens", checklist.FAIL if with_targets == 0 else checklist.PASS,
+        f"this process cannot inspect its share ({problem}); another process's share {elsewhere}",
+        "check the label masking of every process's data" if with_targets == 0 else "",
+    )]
 
 
 def _numpy_state() -> Any:
