@@ -18,6 +18,10 @@ _CALLBACKS = ("Diagnoser", "DiagnosisCallback", "ExplodingLossDetector", "FlatLo
 
 
 def __getattr__(name: str) -> Any:
+    if name == "analyze":
+        from trainwatch.analysis import analyze
+
+        return analyze
     if name in _CALLBACKS:
         from trainwatch import callbacks
 
@@ -25,4 +29,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'trainwatch' has no attribute {name!r}")
 
 
-__all__ = ["Engine", "Facts", "Finding", "History", "build_rules", *_CALLBACKS]
+__all__ = ["Engine", "Facts", "Finding", "History", "analyze", "build_rules", *_CALLBACKS]

@@ -54,3 +54,20 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
         os.unlink(tmp)
         raise
     return path
+
+
+def format_curves(history: Any) -> str:
+    """A few lines on each signal a :class:`~trainwatch.history.History` saw: how many, from where to where, extremes."""
+    lines = ["  curves:"]
+    for name, series in history.series.items():
+        if not series.count:
+            lines.append(f"    {name:<13} not logged")
+            continue
+        line = f"    {name:<13} {series.count} values, steps {series.first_step}-{series.last_step}: "
+        line += f"{_value(series.first)} → {_value(series.last)}"
+        if series.min is not None:
+            line += f", min {_value(series.min)} (step {series.min_step}), max {_value(series.max)} (step {series.max_step})"
+        if series.nonfinite:
+            line += f", {series.nonfinite} NaN/inf from step {series.first_nonfinite_step}"
+        lines.append(line)
+    return "\n".join(lines)

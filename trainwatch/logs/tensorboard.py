@@ -229,9 +229,12 @@ class FileStats:
 
     def notes(self) -> list[str]:
         name = self.path
+        if self.records == 0 and not (self.bad_data_crc or self.undecodable):
+            if self.unframed_from is None and not self.truncated_bytes:
+                return [f"{name}: empty event file"]
+            return [f"{name}: no valid record at its start: not a TensorBoard event file, or cut off or damaged "
+                    "before its first record was complete"]
         notes = []
-        if self.records == 0 and self.unframed_from is None and not self.truncated_bytes:
-            notes.append(f"{name}: empty event file")
         if self.truncated_bytes:
             notes.append(f"{name}: last record truncated ({self.truncated_bytes} bytes; the writer was stopped mid-write)")
         if self.bad_data_crc:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +21,11 @@ from trainwatch.history import SIGNALS, Facts
 from trainwatch.logs import LogReadError
 
 STATE_FILE = "trainer_state.json"
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 LORA_KEYS = (("lora_r", "r"), ("lora_alpha", "lora_alpha"), ("lora_dropout", "lora_dropout"))
-STATE_HYPERPARAMETERS = ("num_train_epochs", "max_steps", "logging_steps", "eval_steps", "save_steps")
-"""Fields of trainer_state.json that are also TrainingArguments fields of the same meaning."""
+STATE_HYPERPARAMETERS = ("num_train_epochs", "logging_steps", "eval_steps", "save_steps")
+"""Fields of trainer_state.json that are also TrainingArguments fields of the same meaning (its ``max_steps`` is
+the computed total, not the argument, so it is left out)."""
 
 
 @dataclass
@@ -70,18 +73,33 @@ def _is_number(value: Any) -> bool:
 
 
 def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Facts:
-    """Hyperparameters and vocab size from the files Trainer and peft save with a checkpoint (and its parent)."""
+    """Hyperparameters and vocab size from the files Trainer and peft save in an output dir and its checkpoints.
+
+    ``directory`` is a checkpoint (its output dir is read too) or an output dir (its latest checkpoint is read too:
+    Trainer saves the model config and adapter config there, and in the output dir only on ``save_model``).
+    """
     params: dict[str, Any] = {}
     if state:
         params.update({k: state[k] for k in STATE_HYPERPARAMETERS if _is_number(state.get(k)) and state[k] > 0})
+    if _CHECKPOINT.fullmatch(directory.name):
+        folders = [directory.parent, directory]  # a checkpoint's own files win over its output dir's
+    else:
+        folders = [directory, *latest_checkpoints(directory)[:1]]
     vocab_size = None
-    for folder in (directory.parent, directory):  # a checkpoint's own files win over its output dir's
-        args = _json_object(folder / "training_args.json")
-        params.update(hyperparameters_from_args(args))
-        adapter = _json_object(folder / "adapter_config.json")
-        params.update(lora_hyperparameters(adapter))
+    for folder in folders:
+        params.update(hyperparameters_from_args(_json_object(folder / "training_args.json")))
+        params.update(lora_hyperparameters(_json_object(folder / "adapter_config.json")))
         vocab_size = vocab_size_from_config(_json_object(folder / "config.json")) or vocab_size
     return Facts(vocab_size=vocab_size, hyperparameters=params)
+
+
+def latest_checkpoints(output_dir: Path) -> list[Path]:
+    """The ``checkpoint-N`` directories of an output dir, latest (highest N) first."""
+    try:
+        found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CHECKPOINT.fullmatch(p.name)) and p.is_dir()]
+    except OSError:
+        return []
+    return [p for _, p in sorted(found, reverse=True)]
 
 
 def hyperparameters_from_args(args: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,307 @@
+"""Post-hoc diagnosis: what a finished (or crashed) run left on disk, judged by the same engine as the live callback.
+
+``analyze(path)`` finds the runs under ``path`` (event files, run directories, a directory of runs, a Trainer
+output dir with ``runs/`` and ``checkpoint-N/``, or a trainer_state.json), turns each into the log entries Trainer's
+``on_log`` saw and replays them through :class:`trainwatch.engine.Engine`, so a run gets the verdict, cause and
+step the live :class:`trainwatch.Diagnoser` gave or would have given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainwatch.engine import Engine, build_rules
+from trainwatch.findings import KINDS, Finding
+from trainwatch.history import SIGNALS, Facts, History
+from trainwatch.logs import LogReadError
+from trainwatch.logs.tensorboard import (
+    EVAL_SIGNAL,
+    SIGNAL_TAGS,
+    FileStats,
+    event_files,
+    file_timestamp,
+    is_event_file,
+    read_events,
+    read_run,
+)
+from trainwatch.logs.trainer_state import (
+    STATE_FILE,
+    facts_beside,
+    hyperparameters_from_args,
+    latest_checkpoints,
+    read_trainer_state,
+    vocab_size_from_config,
+)
+from trainwatch.report import format_curves, format_report
+
+Curves = dict[str, tuple[np.ndarray, np.ndarray]]
+_CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+
+
+@dataclass
+class RunReport:
+    """The diagnosis of one run read from disk: what the CLI prints, ``--json`` serialises and ``--plot`` draws."""
+
+    source: str
+    """The event file, run directory (several, joined by " + ", for a resumed run) or trainer_state.json read."""
+    format: str
+    """``tensorboard`` or ``trainer_state``."""
+    diagnoses: list[Finding] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    """Data problems met while reading (damage, restarts, replaced steps, missing signals)."""
+    history: History = field(default_factory=History)
+    """The engine's summary of the run's signals, as the rules saw it."""
+    curves: Curves = field(default_factory=dict)
+    """Each signal's full ``(steps, values)``: every value read, for plotting."""
+    entries: int = 0
+    error: str | None = None
+    """Why nothing of this run could be read (naming the files); its verdict is then ``None``."""
+
+    @property
+    def verdict(self) -> str | None:
+        if self.error:
+            return None
+        return self.diagnoses[0].kind if self.diagnoses else "healthy"
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.diagnoses)
+
+    def to_dict(self) -> dict[str, Any]:
+        series = {name: _series_dict(self.history[name]) for name in SIGNALS}
+        return {
+            "source": self.source, "format": self.format, "verdict": self.verdict,
+            "diagnoses": [f.to_dict() for f in self.diagnoses], "notes": list(self.notes),
+            "entries": self.entries, "last_step": self.history.step, "signals": series,
+            **({"error": self.error} if self.error else {}),
+        }
+
+    def format_text(self) -> str:
+        if self.error:
+            return f"unreadable: {self.error}"
+        text = format_report(self.diagnoses, title=self.source, notes=self.notes)
+        return text + "\n" + format_curves(self.history)
+
+
+def analyze(path: str | os.PathLike[str], *, smoothing: int = 3, **thresholds: Any) -> list[RunReport]:
+    """Diagnose every run found at ``path``, each on its own. ``thresholds`` are the rules' (as for Diagnoser).
+
+    Raises :class:`LogReadError` (one line) when ``path`` is missing or nothing under it can be read.
+    """
+    build_rules(KINDS, **thresholds)  # an unknown threshold is the caller's error, raised before any reading
+    path = Path(path)
+    if not path.exists():
+        raise LogReadError(f"{path}: no such file or directory")
+    reports = [_judge(source, smoothing, thresholds) for source in _sources(path)]
+    if not reports:
+        raise LogReadError(f"{path}: no TensorBoard event files or trainer_state.json found")
+    if all(r.error for r in reports):
+        raise LogReadError("; ".join(r.error for r in reports if r.error))
+    return reports
+
+
+# -- finding the runs -------------------------------------------------------------------------------------------------
+@dataclass
+class _Source:
+    format: str
+    paths: list[Path]
+    """tensorboard: the event files in order (several run directories for a resumed run); else one json."""
+    label: str
+    facts_dir: Path | None = None
+    """Where a Trainer output dir's adapter/config files are, for facts the logs themselves lack."""
+    notes: list[str] = field(default_factory=list)
+
+
+def _sources(path: Path) -> list[_Source]:
+    if path.is_file():
+        if path.suffix == ".json":
+            return [_Source("trainer_state", [path], str(path))]
+        if not is_event_file(path) and _looks_like_json(path):
+            return [_Source("trainer_state", [path], str(path))]
+        return [_Source("tensorboard", [path], str(path), facts_dir=_output_dir_of(path.parent))]
+    run_dirs: list[Path] = []
+    state_dirs: list[Path] = []
+    for folder, subfolders, files in os.walk(path):
+        subfolders.sort()
+        if any(is_event_file(f) for f in files):
+            run_dirs.append(Path(folder))
+        # an output dir holds trainer_state.json or checkpoints; a checkpoint counts on its own only if asked for
+        is_checkpoint = _CHECKPOINT.fullmatch(Path(folder).name) and Path(folder) != path
+        if (STATE_FILE in files or any(_CHECKPOINT.fullmatch(s) for s in subfolders)) and not is_checkpoint:
+            state_dirs.append(Path(folder))
+    sources = _tensorboard_sources(run_dirs)
+    for output_dir in state_dirs:
+        state = _latest_state(output_dir)
+        if state is None:
+            continue
+        covered = [s for s in sources if s.format == "tensorboard" and _is_inside(s.paths[0], output_dir)]
+        if covered:
+            for source in covered:
+                source.facts_dir = source.facts_dir or output_dir
+                source.notes.append(f"{state} exists too; analyse it alone with: trainwatch analyze {state}")
+        else:
+            sources.append(_Source("trainer_state", [state], str(state)))
+    return sources
+
+
+def _tensorboard_sources(run_dirs: list[Path]) -> list[_Source]:
+    """One source per run directory, except that HF Trainer's sibling ``runs/<date>_<host>`` directories that
+    continue each other (a resume writes to a new one) are one run."""
+    sources: list[_Source] = []
+    by_parent: dict[Path, list[Path]] = {}
+    for folder in run_dirs:
+        by_parent.setdefault(folder.parent, []).append(folder)
+    for parent, folders in by_parent.items():
+        if parent.name != "runs" or len(folders) == 1:
+            sources.extend(_Source("tensorboard", event_files(f), str(f), facts_dir=_output_dir_of(f)) for f in folders)
+            continue
+        segments = sorted(folders, key=lambda f: min(file_timestamp(p) for p in event_files(f)))
+        chain: list[tuple[Path, int | None]] = []
+        for folder in segments:
+            first = _first_train_step(event_files(folder))
+            if chain and first is not None and chain[-1][1] is not None and first > chain[-1][1]:
+                chain.append((folder, first))
+                continue
+            if chain:
+                sources.append(_chained(chain))
+            chain = [(folder, first)]
+        sources.append(_chained(chain))
+    return sources
+
+
+def _chained(chain: list[tuple[Path, int | None]]) -> _Source:
+    folders = [folder for folder, _ in chain]
+    source = _Source("tensorboard", [p for f in folders for p in event_files(f)], " + ".join(map(str, folders)),
+                     facts_dir=_output_dir_of(folders[0]))
+    if len(folders) > 1:
+        starts = ", ".join(f"{f.name} from step {step}" for f, step in chain)
+        source.notes.append(f"{len(folders)} run directories continue each other (resumed training): {starts}; "
+                            "analysed as one run")
+    return source
+
+
+def _first_train_step(files: Iterable[Path]) -> int | None:
+    """The step of a run's first train signal: a run that starts past its first logging step was resumed."""
+    for path in files:
+        try:
+            for step, tag, _ in read_events(path, FileStats(str(path)), {}, {}):
+                signal = SIGNAL_TAGS.get(tag)  # type: ignore[arg-type]
+                if signal is not None and signal != EVAL_SIGNAL:
+                    return step
+        except OSError:
+            continue
+    return None
+
+
+def _latest_state(output_dir: Path) -> Path | None:
+    """The output dir's own trainer_state.json, else its latest checkpoint's (whose log_history holds the others')."""
+    if (output_dir / STATE_FILE).is_file():
+        return output_dir / STATE_FILE
+    return next((c / STATE_FILE for c in latest_checkpoints(output_dir) if (c / STATE_FILE).is_file()), None)
+
+
+def _output_dir_of(run_dir: Path) -> Path | None:
+    """Trainer writes TensorBoard runs to ``<output_dir>/runs/<name>``."""
+    return run_dir.parent.parent if run_dir.parent.name == "runs" else None
+
+
+def _is_inside(path: Path, folder: Path) -> bool:
+    return folder == path or folder in path.parents
+
+
+def _looks_like_json(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).lstrip()[:1] == b"{"
+    except OSError:
+        return False
+
+
+# -- judging one run --------------------------------------------------------------------------------------------------
+def _judge(source: _Source, smoothing: int, thresholds: dict[str, Any]) -> RunReport:
+    engine = Engine(build_rules(KINDS, **thresholds), smoothing=smoothing)
+    report = RunReport(source=source.label, format=source.format, notes=list(source.notes))
+    other_tags: dict[str, int] = {}
+    if source.format == "trainer_state":
+        try:
+            state = read_trainer_state(source.paths[0])
+        except LogReadError as error:
+            report.error = str(error)
+            return report
+        engine.history.facts = state.facts
+        report.notes.extend(state.notes)
+        entries: Iterator[tuple[int, dict[str, Any]]] = state.entries()
+        report.curves = _curves_of(state.log_history)
+    else:
+        run = read_run(source.paths)
+        report.notes.extend(run.notes)
+        if run.records == 0:
+            report.error = "; ".join(run.notes) or f"{source.label}: no readable records"
+            return report
+        engine.history.facts = _tensorboard_facts(run.texts, source.facts_dir)
+        entries = run.entries()
+        report.curves = run.curves()
+        other_tags = run.other_tags
+    for step, logs in entries:
+        engine.observe(step, logs)
+        report.entries += 1
+    report.diagnoses = list(engine.findings)
+    report.history = engine.history
+    report.notes.extend(_missing_signals(engine.history, other_tags))
+    return report
+
+
+def _missing_signals(history: History, other_tags: dict[str, int]) -> list[str]:
+    """Say what could not be judged, so that "healthy" is never read as more than the logs allow."""
+    if not any(history[name].count for name in SIGNALS):
+        found = f"; scalar tags found: {', '.join(sorted(other_tags)[:8])}" if other_tags else ""
+        return [f"none of Trainer's signals (loss, grad_norm, learning_rate, eval_loss) were logged: nothing to "
+                f"judge{found}"]
+    notes = []
+    if not history["loss"].count:
+        notes.append("no train loss logged: exploding and flat cannot be judged")
+    if not history["eval_loss"].count:
+        notes.append("no evaluation logged (eval_loss): overfitting cannot be judged")
+    return notes
+
+
+def _tensorboard_facts(texts: dict[str, str], facts_dir: Path | None) -> Facts:
+    """Facts from the ``args``/``model_config`` text summaries, completed by the output dir's files."""
+    facts = facts_beside(facts_dir) if facts_dir else Facts()
+    params = dict(facts.hyperparameters)
+    params.update(hyperparameters_from_args(_json_text(texts.get("args"))))
+    vocab_size = vocab_size_from_config(_json_text(texts.get("model_config"))) or facts.vocab_size
+    return Facts(vocab_size=vocab_size, hyperparameters=params)
+
+
+def _json_text(text: str | None) -> dict[str, Any]:
+    """A text summary's JSON object; TensorBoard's text plugin may have it wrapped as markdown code."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text.strip().strip("`"))
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _curves_of(log_history: list[dict[str, Any]]) -> Curves:
+    curves: Curves = {}
+    for name in SIGNALS:
+        points = [(e["step"], float(e[name])) for e in log_history if isinstance(e.get(name), (int, float))]
+        steps, values = zip(*points) if points else ((), ())
+        curves[name] = (np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
+    return curves
+
+
+def _series_dict(series: Any) -> dict[str, Any]:
+    data = {k: getattr(series, k) for k in ("count", "first", "last", "min", "min_step", "max", "max_step", "nonfinite")}
+    return {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v) for k, v in data.items()}
