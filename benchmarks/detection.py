@@ -58,9 +58,11 @@ def variants() -> list[Variant]:
     return found
 
 
-DETECTORS = ("trainwatch", "hf_early_stop_p1", "hf_early_stop_p3", "nan_stop_batch", "nan_stop_logged", "lightning_spike")
+TRAINWATCH = ("trainwatch", "trainwatch_stop")
+DETECTORS = ("trainwatch", "trainwatch_stop", "hf_early_stop_p1", "hf_early_stop_p3", "nan_stop_batch", "nan_stop_logged", "lightning_spike")
 DETECTOR_TITLES = {
-    "trainwatch": "trainwatch Diagnoser",
+    "trainwatch": "trainwatch Diagnoser() (flags)",
+    "trainwatch_stop": "trainwatch Diagnoser(stop_on=all) (stops)",
     "hf_early_stop_p1": "HF EarlyStopping p=1",
     "hf_early_stop_p3": "HF EarlyStopping p=3",
     "nan_stop_batch": "TerminateOnNaN (batch loss)",
@@ -75,17 +77,21 @@ def run_one(variant: Variant, arch: str, seed: int) -> dict[str, Any]:
 
     from trainwatch import Diagnoser
     from trainwatch.engine import Engine
+    from trainwatch.findings import KINDS
     from trainwatch.testing import SCENARIOS, tiny_trainer
 
     settings = {**SCENARIOS[variant.scenario].args, **variant.overrides}
     eval_steps = settings.get("eval_steps") or DEFAULT_EVAL_STEPS
     diagnoser = Diagnoser(report=False)
+    stopping = Diagnoser(stop_on=KINDS, report=False)
     stoppers = {f"hf_early_stop_p{p}": RecordingStopper(EarlyStoppingCallback(early_stopping_patience=p)) for p in (1, 3)}
+    stoppers["trainwatch_stop"] = RecordingStopper(stopping)
     with tempfile.TemporaryDirectory() as output_dir:
+        early_stopping = {"eval_strategy": "steps", "save_strategy": "steps", "save_steps": eval_steps, "save_total_limit": 2,
+                          "load_best_model_at_end": True, "metric_for_best_model": "eval_loss"}
         trainer = tiny_trainer(
             variant.scenario, output_dir, callbacks=[diagnoser, *stoppers.values()], seed=seed, arch=arch,
-            report_to="none", eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps", save_steps=eval_steps,
-            save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss", **variant.overrides,
+            report_to="none", **early_stopping, **{**variant.overrides, "eval_steps": eval_steps},
         )
         trainer.remove_callback(PrinterCallback)
         batch_losses: list[float] = []
@@ -108,6 +114,7 @@ def run_one(variant: Variant, arch: str, seed: int) -> dict[str, Any]:
         "logged_losses": [(e["step"], e["loss"]) for e in history if "loss" in e],
         "eval_losses": [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e],
         "findings": live,
+        "stop_findings": [(f.kind, f.cause, f.step) for f in stopping.diagnoses],
         "replay_matches": live == [(f.kind, f.cause, f.step) for f in replay.findings],
         "stops": {name: s.stop_step for name, s in stoppers.items()},
     }
@@ -118,7 +125,8 @@ def detections(run: dict[str, Any]) -> dict[str, int | None]:
     first = run["findings"][0] if run["findings"] else None
     return {
         "trainwatch": first[2] if first else None,
-        **run["stops"],
+        "trainwatch_stop": run["stops"]["trainwatch_stop"],
+        **{k: v for k, v in run["stops"].items() if k != "trainwatch_stop"},
         "nan_stop_batch": first_non_finite_step(run["batch_losses"]),
         "nan_stop_logged": first_non_finite_step(run["logged_losses"]),
         "lightning_spike": spike_detection_step(run["batch_losses"]),
@@ -138,10 +146,16 @@ def onset(run: dict[str, Any]) -> int | None:
     return None
 
 
-def named_correctly(run: dict[str, Any]) -> bool:
-    if not run["findings"]:
+def first_finding(run: dict[str, Any], detector: str = "trainwatch") -> tuple[str, str, int] | None:
+    findings = run["findings"] if detector == "trainwatch" else run["stop_findings"]
+    return findings[0] if findings else None
+
+
+def named_correctly(run: dict[str, Any], detector: str = "trainwatch") -> bool:
+    first = first_finding(run, detector)
+    if first is None:
         return run["expected"][0] == HEALTHY
-    kind, cause, _ = run["findings"][0]
+    kind, cause, _ = first
     want_kind, want_cause = run["expected"]
     return kind == want_kind and (want_cause is None or cause == want_cause)
 
@@ -163,12 +177,12 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, list[str]]:
         for det in DETECTORS:
             steps = [(r, r["detections"][det]) for r in members]
             caught = [(r, s) for r, s in steps if s is not None]
-            named = sum(named_correctly(r) for r in members) if det == "trainwatch" else None
+            named = sum(named_correctly(r, det) for r in members) if det in TRAINWATCH else None
             named_cell = f"{named}/{len(members)}" if named is not None and cls != HEALTHY else "—"
             if cls == HEALTHY:
                 alarms = ", ".join(run_id(r) for r, _ in caught)
                 rows.append(f"| {cls} | {DETECTOR_TITLES[det]} | — | {named_cell} | {len(caught)}/{len(members)}"
-                            f"{' (' + alarms + ')' if alarms and det == 'trainwatch' else ''} | — | — |")
+                            f"{' (' + alarms + ')' if alarms and det in TRAINWATCH else ''} | — | — |")
                 continue
             delays = [s - r["onset"] for r, s in caught]
             delay_cell = f"{statistics.median(delays):g} / {max(delays)}" if delays else "—"
@@ -176,26 +190,29 @@ def summarise(runs: list[dict[str, Any]]) -> tuple[str, list[str]]:
             rows.append(f"| {cls} | {DETECTOR_TITLES[det]} | {len(caught)}/{len(members)} | {named_cell} | — | "
                         f"{delay_cell} | {saved / total_steps:.0%} |")
     for r in runs:
-        d, ours = r["detections"], r["detections"]["trainwatch"]
         if not r["replay_matches"]:
             lines.append(f"{run_id(r)}: live findings differ from the replay of its log_history")
-        if r["expected"][0] == HEALTHY:
-            if ours is not None:
-                lines.append(f"{run_id(r)}: healthy run flagged {r['findings'][0][:2]} at step {ours}")
-            continue
-        if ours is None:
-            lines.append(f"{run_id(r)}: missed by trainwatch; peers: {_peer_steps(d)}")
-            continue
-        if not named_correctly(r):
-            lines.append(f"{run_id(r)}: named {r['findings'][0][:2]}, expected {r['expected']}")
-        earlier = {p: s for p, s in d.items() if p != "trainwatch" and s is not None and s < ours}
-        if earlier:
-            lines.append(f"{run_id(r)}: trainwatch at step {ours} (onset {r['onset']}), later than {_peer_steps(earlier)}")
+        for det in TRAINWATCH:
+            lines.extend(f"{run_id(r)}: {DETECTOR_TITLES[det]} {problem}" for problem in _shortfalls(r, det))
     return "\n".join(rows), lines
 
 
+def _shortfalls(run: dict[str, Any], det: str) -> list[str]:
+    """Where ``det`` missed, misnamed, misfired or was later than a peer on this run."""
+    d, ours, first = run["detections"], run["detections"][det], first_finding(run, det)
+    if run["expected"][0] == HEALTHY:
+        return [f"flagged a healthy run {first[:2]} at step {ours}"] if ours is not None else []
+    if ours is None:
+        return [f"missed it; peers: {_peer_steps(d)}"]
+    problems = [] if named_correctly(run, det) else [f"named it {first[:2] if first else None}, expected {run['expected']}"]
+    earlier = {p: s for p, s in d.items() if p not in TRAINWATCH and s is not None and s < ours}
+    if earlier:
+        problems.append(f"at step {ours} (onset {run['onset']}), later than {_peer_steps(earlier)}")
+    return problems
+
+
 def _peer_steps(steps: dict[str, int | None]) -> str:
-    return ", ".join(f"{p} at {s}" for p, s in steps.items() if p != "trainwatch" and s is not None) or "none"
+    return ", ".join(f"{p} at {s}" for p, s in steps.items() if p not in TRAINWATCH and s is not None) or "none"
 
 
 def _worker(job: tuple[Variant, str, int]) -> dict[str, Any]:
@@ -240,13 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     print("\nwhere trainwatch missed, misnamed, misfired or was later than a peer:")
     print("\n".join(f"- {line}" for line in lines) if lines else "- nowhere")
     failing = [r for r in runs if r["expected"][0] != HEALTHY]
-    beaten = {run_id(r) for r in failing if any(
-        s is not None and (r["detections"]["trainwatch"] is None or s < r["detections"]["trainwatch"])
-        for p, s in r["detections"].items() if p != "trainwatch")}
-    healthy_flagged = sum(r["detections"]["trainwatch"] is not None for r in runs if r["expected"][0] == HEALTHY)
-    print(f"\ngoal (every failing run caught no later than any peer, no healthy run flagged): "
-          f"{len(failing) - len(beaten)}/{len(failing)} failing runs no later than every peer; "
-          f"{healthy_flagged} healthy run(s) flagged")
+    print("\ngoal: every failing run caught no later than any peer, no healthy run flagged")
+    for det in TRAINWATCH:
+        on_time = sum(not any("later than" in p or "missed" in p for p in _shortfalls(r, det)) for r in failing)
+        flagged = sum(r["detections"][det] is not None for r in runs if r["expected"][0] == HEALTHY)
+        print(f"- {DETECTOR_TITLES[det]}: {on_time}/{len(failing)} failing runs caught no later than every peer; "
+              f"{flagged} healthy run(s) flagged")
     return 0
 
 

@@ -4,7 +4,8 @@ Every peer here answers one question about one finished run: at which optimizer 
 flagged) the run, or ``None`` if never. They see the same recorded series trainwatch saw, in the form the peer
 itself is fed in its own framework:
 
-* HF ``EarlyStoppingCallback`` runs for real inside the Trainer run (:class:`RecordingStopper`), on ``eval_loss``
+* HF ``EarlyStoppingCallback`` runs for real inside the Trainer run (:class:`RecordingStopper`, which also runs
+  trainwatch's ``Diagnoser`` with ``stop_on`` every kind, to see where it would stop), on ``eval_loss``
   with ``metric_for_best_model="eval_loss"`` and ``load_best_model_at_end=True`` as its documentation requires.
 * Lightning ``SpikeDetection`` (``lightning.fabric.utilities.spike``) runs for real, with its defaults, on each
   batch's raw loss, through a real single-device CPU ``Fabric`` (:func:`spike_detection_step`).
@@ -25,27 +26,39 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 
 class RecordingStopper(TrainerCallback):
-    """Runs a real stopping callback, records the first step at which it asks to stop, and lets training go on.
+    """Runs a real callback that may stop training, records the first step at which it asks to, and lets training go on.
 
-    The wrapped callback's own code decides; only its effect is undone, so that one run can measure every peer on
-    the same series. ``should_training_stop`` is set back to what it was before the call (the Trainer itself sets
-    it at ``max_steps``, before the last evaluation).
+    The wrapped callback's own code decides, in every hook it acts in; only its effect is undone, so that one run
+    can measure every detector on the same series. ``should_training_stop`` is set back to what it was before the
+    call (the Trainer itself sets it at ``max_steps``, before the last evaluation).
     """
 
     def __init__(self, inner: TrainerCallback) -> None:
         self.inner = inner
         self.stop_step: int | None = None
 
-    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        self.inner.on_train_begin(args, state, control, **kwargs)
-
-    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+    def _forward(self, hook: str, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         before = control.should_training_stop
         control.should_training_stop = False
-        self.inner.on_evaluate(args, state, control, **kwargs)
+        getattr(self.inner, hook)(args, state, control, **kwargs)
         if control.should_training_stop and self.stop_step is None:
             self.stop_step = state.global_step
         control.should_training_stop = before
+
+    def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._forward("on_train_begin", args, state, control, **kwargs)
+
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._forward("on_step_end", args, state, control, **kwargs)
+
+    def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._forward("on_log", args, state, control, **kwargs)
+
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._forward("on_evaluate", args, state, control, **kwargs)
+
+    def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        self._forward("on_train_end", args, state, control, **kwargs)
 
 
 def first_non_finite_step(losses: Sequence[tuple[int, float]]) -> int | None:
