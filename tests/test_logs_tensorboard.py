@@ -243,3 +243,15 @@ def test_evaluation_only_writer_replaces_only_evaluations(tmp_path):
     run = read_run(event_files(tmp_path))
     assert len(run.curves()["loss"][1]) == 10
     assert list(run.curves()["eval_loss"][1]) == [pytest.approx(0.123)]
+
+
+def test_overlong_step_varint_is_an_undecodable_record(tmp_path):
+    """Found by the fuzzer: a step varint longer than 10 bytes on the fast path."""
+    path = only_file(write_hf_like(tmp_path, range(1, 3)))
+    data = b"\x09" + bytes(8) + b"\x10" + b"\xff" * 11 + bytes(10)
+    header = struct.pack("<Q", len(data))
+    bad = header + struct.pack("<I", masked_crc(header)) + data + struct.pack("<I", masked_crc(data))
+    path.write_bytes(path.read_bytes() + bad)
+    run = read_run([path])
+    assert len(run.curves()["loss"][1]) == 2
+    assert any("1 record(s) that are not decodable" in n for n in run.notes)

@@ -56,7 +56,7 @@ def test_facts_from_the_checkpoint_and_its_output_dir(tmp_path):
 def test_entries_without_a_step_are_noted(tmp_path):
     state = read_trainer_state(write_state(tmp_path, [{"loss": 1.0}, *LOG_HISTORY[:1], "junk"]))
     assert len(state.log_history) == 1
-    assert state.notes == [f"{tmp_path / 'trainer_state.json'}: skipped 2 log_history entries without a step"]
+    assert state.notes == [f"{tmp_path / 'trainer_state.json'}: skipped 2 log_history entries without a valid step"]
 
 
 def test_empty_log_history_is_noted(tmp_path):
@@ -84,3 +84,18 @@ def test_not_a_trainer_state_is_one_clear_error(tmp_path, content, message):
 def test_missing_file_is_one_clear_error(tmp_path):
     with pytest.raises(LogReadError, match="cannot read"):
         read_trainer_state(tmp_path / "nope.json")
+
+
+def test_deeply_nested_json_is_one_clear_error(tmp_path):
+    """Found by the fuzzer: json's RecursionError must not escape."""
+    path = tmp_path / "trainer_state.json"
+    path.write_text("[" * 100_000)
+    with pytest.raises(LogReadError, match="nested too deeply"):
+        read_trainer_state(path)
+
+
+def test_step_beyond_int64_is_skipped_with_a_note(tmp_path):
+    """Found by the fuzzer: a step no writer can produce is damage, not a value to plot."""
+    state = read_trainer_state(write_state(tmp_path, [{"step": 1, "loss": 2.0}, {"step": 10**20, "loss": 1.0}]))
+    assert [step for step, _ in state.entries()] == [1]
+    assert "skipped 1 log_history entry without a valid step" in state.notes[0]

@@ -97,6 +97,12 @@ def _varint(data: bytes, pos: int) -> tuple[int, int]:
             raise Undecodable("varint longer than 10 bytes")
 
 
+def _int64(value: int) -> int:
+    """A varint read as protobuf's int64: its low 64 bits, two's complement."""
+    value &= 0xFFFFFFFFFFFFFFFF
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def _skip(data: bytes, pos: int, wire: int) -> int:
     if wire == 0:
         return _varint(data, pos)[1]
@@ -304,27 +310,31 @@ def read_events(
                 stats.bad_data_crc += 1
                 continue
             stats.records += 1
-            # Fast path, the layout every writer uses for one simple_value: wall_time, step, summary{value{tag, v}}.
-            if 20 < length and data[0] == 0x09 and data[9] == 0x10:
-                step = data[10]
-                at = 11
-                if step >= 0x80:
-                    step, at = _varint(data, 10)
-                if (length - at < 130 and data[at] == 0x2A and data[at + 1] == length - at - 2 and data[at + 2] == 0x0A
-                        and data[at + 3] == length - at - 4 and data[at + 4] == 0x0A
-                        and data[at + 5] == length - at - 11 and data[length - 5] == 0x15):
-                    tag_bytes = data[at + 6 : length - 5]
-                    tag = tag_names.get(tag_bytes)
-                    if tag is None:
-                        tag = tag_names[tag_bytes] = tag_bytes.decode("utf-8", "replace")
-                        plugins.setdefault(tag, "scalars")
-                    stats.scalars += 1
-                    yield (step - (1 << 64) if step >= 1 << 63 else step), tag, unpack_float(data, length - 4)[0]
-                    continue
             try:
-                found = _decode_event(data, plugins, texts, tag_names)
+                item = None
+                # Fast path, the layout every writer uses for one simple_value: wall_time, step, summary{value{tag, v}}.
+                if 20 < length and data[0] == 0x09 and data[9] == 0x10:
+                    step = data[10]
+                    at = 11
+                    if step >= 0x80:
+                        step, at = _varint(data, 10)
+                    if (length - at < 130 and at + 6 <= length - 5 and data[at] == 0x2A
+                            and data[at + 1] == length - at - 2 and data[at + 2] == 0x0A
+                            and data[at + 3] == length - at - 4 and data[at + 4] == 0x0A
+                            and data[at + 5] == length - at - 11 and data[length - 5] == 0x15):
+                        tag_bytes = data[at + 6 : length - 5]
+                        tag = tag_names.get(tag_bytes)
+                        if tag is None:
+                            tag = tag_names[tag_bytes] = tag_bytes.decode("utf-8", "replace")
+                            plugins.setdefault(tag, "scalars")
+                        item = (_int64(step), tag, unpack_float(data, length - 4)[0])
+                found = _decode_event(data, plugins, texts, tag_names) if item is None else ()
             except (Undecodable, IndexError, struct.error, ValueError):
                 stats.undecodable += 1
+                continue
+            if item is not None:
+                stats.scalars += 1
+                yield item
                 continue
             for item in found:
                 stats.scalars += item[1] is not None
@@ -337,7 +347,7 @@ def _decode_event(
     step, summary, session = 0, None, None
     for number, wire, a, b in _fields(data, 0, len(data)):
         if number == 2 and wire == 0:
-            step = a - (1 << 64) if a >= 1 << 63 else a
+            step = _int64(a)
         elif number == 5 and wire == 2:
             summary = (a, b)
         elif number == 7 and wire == 2:

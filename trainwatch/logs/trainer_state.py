@@ -52,20 +52,27 @@ def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
         raise LogReadError(f"{path}: cannot read ({error.strerror or error})") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise LogReadError(f"{path}: not valid JSON ({error})") from None
+    except RecursionError:
+        raise LogReadError(f"{path}: not a trainer_state.json (JSON nested too deeply to read)") from None
     if not isinstance(data, dict) or not isinstance(data.get("log_history"), list):
         raise LogReadError(f"{path}: not a trainer_state.json (no log_history list)")
     state = TrainerState(str(path), [], facts=facts_beside(path.parent, data))
     skipped = 0
     for entry in data["log_history"]:
-        if isinstance(entry, dict) and isinstance(entry.get("step"), int) and not isinstance(entry["step"], bool):
+        if isinstance(entry, dict) and _is_step(entry.get("step")):
             state.log_history.append({k: v for k, v in entry.items() if k == "step" or _is_number(v) or k not in SIGNALS})
         else:
             skipped += 1
     if skipped:
-        state.notes.append(f"{path}: skipped {skipped} log_history entr{'y' if skipped == 1 else 'ies'} without a step")
+        state.notes.append(f"{path}: skipped {skipped} log_history entr{'y' if skipped == 1 else 'ies'} without a valid step")
     if not state.log_history:
         state.notes.append(f"{path}: log_history is empty (the run saved its state before its first log)")
     return state
+
+
+def _is_step(value: Any) -> bool:
+    """Trainer's global_step: an integer (an int64 in every other log format, so one beyond it is damage)."""
+    return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
 
 
 def _is_number(value: Any) -> bool:
