@@ -78,6 +78,8 @@ def _zero_gradients(params: Params) -> list[str]:
         "less often / not at all on the CPU",
         "check that no torch.no_grad()/detach() sits between the loss and the trainable weights, and that LoRA's "
         "scaling lora_alpha / r is not 0" + (f" (lora_alpha is {_num(params['lora_alpha'])})" if "lora_alpha" in params else ""),
+        "if the loss sits exactly at a uniform guess (ln vocab_size), one update blew the weights into saturation: "
+        + _scaled(params, "learning_rate", 0.1, "lower the learning rate 10×"),
     ]
 
 

@@ -29,21 +29,35 @@ SEQ_LEN = 24
 
 
 class Progressions(Dataset):
-    """Sequences ``start, start+k, start+2k, ...`` modulo the vocabulary: easy to learn, impossible to guess."""
+    """Sequences ``start, start+k, start+2k, ...`` modulo the vocabulary: easy to learn, impossible to guess.
 
-    def __init__(self, size: int, seed: int = 0, mask_labels: bool = False) -> None:
+    ``masked_fraction`` of the examples (all of them at 1.0) have every label -100, as a prompt-masking bug or a
+    response truncated away leaves them.
+    """
+
+    def __init__(self, size: int, seed: int = 0, masked_fraction: float = 0.0) -> None:
         generator = torch.Generator().manual_seed(seed)
         start = torch.randint(0, VOCAB_SIZE, (size, 1), generator=generator)
         stride = torch.randint(1, 5, (size, 1), generator=generator)
         self.input_ids = (start + stride * torch.arange(SEQ_LEN)) % VOCAB_SIZE
-        self.mask_labels = mask_labels
+        self.masked = torch.rand(size, generator=generator) < masked_fraction
 
     def __len__(self) -> int:
         return len(self.input_ids)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        labels = torch.full_like(self.input_ids[i], -100) if self.mask_labels else self.input_ids[i].clone()
+        labels = torch.full_like(self.input_ids[i], -100) if self.masked[i] else self.input_ids[i].clone()
         return {"input_ids": self.input_ids[i], "labels": labels}
+
+
+def token_mean_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any = None) -> torch.Tensor:
+    """A masked mean over target tokens as users write it: on a batch without one, 0/0 makes the loss and every
+    gradient NaN, and the optimizer writes NaN into the weights."""
+    logits = outputs.logits[:, :-1].flatten(0, 1).float()
+    targets = labels[:, 1:].flatten()
+    mask = (targets != -100).float()
+    losses = torch.nn.functional.cross_entropy(logits, targets.clamp(min=0), reduction="none")
+    return (losses * mask).sum() / mask.sum()
 
 
 def tiny_model(arch: str = "llama", seed: int = 0) -> PreTrainedModel:
@@ -81,8 +95,10 @@ class Scenario:
     """(kind, cause); kind "healthy" and cause None for runs that must not be flagged."""
     args: Mapping[str, Any] = field(default_factory=dict)
     train_size: int = 512
-    mask_labels: bool = False
+    masked_fraction: float = 0.0
     zero_lora_scale: bool = False
+    custom_loss: bool = False
+    """Train with :func:`token_mean_loss` instead of the model's own loss."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -95,7 +111,13 @@ SCENARIOS: dict[str, Scenario] = {
     ),
     "exploding": Scenario(("exploding", "lr_too_high"), {"learning_rate": 1.0, "max_grad_norm": 0.0, "max_steps": 150}),
     "lr_too_low": Scenario(("flat", "lr_too_low"), {"learning_rate": 1e-7, "max_steps": 150}),
-    "no_target_tokens": Scenario(("flat", "no_target_tokens"), {"learning_rate": 1e-3, "max_steps": 150}, mask_labels=True),
+    "non_finite": Scenario(
+        ("exploding", "non_finite"),
+        {"learning_rate": 1e-3, "max_steps": 150, "per_device_train_batch_size": 1},
+        masked_fraction=0.03,
+        custom_loss=True,
+    ),
+    "no_target_tokens": Scenario(("flat", "no_target_tokens"), {"learning_rate": 1e-3, "max_steps": 150}, masked_fraction=1.0),
     "zero_gradients": Scenario(("flat", "zero_gradients"), {"learning_rate": 1e-3, "max_steps": 150}, zero_lora_scale=True),
     "overfitting": Scenario(
         ("overfitting", None), {"learning_rate": 5e-3, "num_train_epochs": 100, "eval_steps": 10}, train_size=8
@@ -136,7 +158,8 @@ def tiny_trainer(
     return Trainer(
         model=model,
         args=args,
-        train_dataset=Progressions(spec.train_size, seed=seed, mask_labels=spec.mask_labels),
+        train_dataset=Progressions(spec.train_size, seed=seed, masked_fraction=spec.masked_fraction),
         eval_dataset=Progressions(64, seed=seed + 1000) if args.eval_strategy != "no" else None,
         callbacks=list(callbacks),
+        compute_loss_func=token_mean_loss if spec.custom_loss else None,
     )

@@ -17,9 +17,12 @@ class ExplodingRule:
         max_loss: a logged train loss at or above this is an explosion (cause ``lr_too_high``); no language model
             sits at 100 nats.
         rise_factor: the smoothed loss level at or above ``rise_factor`` × its lowest level so far is a sharp rise
-            (cause ``lr_too_high``) once it is also worse than where the run began, or worse than a uniform guess
-            over the vocabulary (ln vocab_size) when that is known. Both conditions are needed: a noisy batch can
-            double a small loss, but it does not undo all the training.
+            (cause ``lr_too_high``) once it is also worse than where the run began. Both conditions are needed: a
+            noisy batch can double a small loss, but it does not undo all the training.
+        uniform_margin: for a language model (vocab size known) the uniform guess ln(vocab_size) is the loss of
+            a model that knows nothing. A run whose best level was more than ``uniform_margin`` × ln V below it,
+            and whose level climbed back to within ``uniform_margin`` of that distance from it, has lost what it
+            learned (cause ``lr_too_high``), however small the ratio to its best.
 
     A NaN/inf loss is ``non_finite``. With Trainer's default ``logging_nan_inf_filter`` a NaN step is replaced by
     the window's average, and a window of NaN steps is logged as exactly 0.0 beside a NaN grad norm: that
@@ -30,6 +33,7 @@ class ExplodingRule:
 
     max_loss: float = 100.0
     rise_factor: float = 2.0
+    uniform_margin: float = 0.1
     kind: ClassVar[str] = EXPLODING
 
     def observe(self, history: History) -> Finding | None:
@@ -67,15 +71,17 @@ class ExplodingRule:
         if level is None or floor is None or start is None:
             return None
         uniform = history.facts.uniform_loss
-        baseline = min(start, uniform) if uniform is not None else start
-        if level >= self.rise_factor * floor and level > baseline:
-            worse = "a uniform guess (ln vocab)" if uniform is not None and uniform < start else "where it started"
+        rose = level >= self.rise_factor * floor and level > start
+        learned = uniform is not None and uniform - floor >= self.uniform_margin * uniform
+        forgot = learned and uniform - level <= self.uniform_margin * (uniform - floor)  # type: ignore[operator]
+        if rose or forgot:
+            worse = f"worse than where it started ({start:.4g})" if rose else f"back at a uniform guess (ln vocab = {uniform:.4g})"
             return Finding(
                 self.kind,
                 "lr_too_high",
                 history.step,
                 f"the loss rose from {floor:.4g} (step {history.loss_floor_step}) to {level:.4g}, "
-                f"{level / floor:.1f}× its best and worse than {worse} ({baseline:.4g})",
+                f"{level / floor:.1f}× its best and {worse}",
                 {**common, "loss_level": level, "start_loss": start, "uniform_loss": uniform, "onset_step": history.loss_floor_step},
             )
         return None

@@ -1,0 +1,266 @@
+"""The pure engine on synthetic series: each rule's decision, its abstentions, and the odd inputs real logs carry."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+
+import pytest
+
+from trainwatch import Engine, Facts, build_rules
+from trainwatch.findings import Finding
+
+nan, inf = math.nan, math.inf
+
+
+def run(losses, *, evals=None, grad_norms=None, lrs=None, vocab_size=None, **thresholds) -> Engine:
+    """Replay a train-loss series (one log per step from step 1), optional grad norms/lrs, and {step: eval_loss}."""
+    engine = Engine(build_rules(**thresholds), facts=Facts(vocab_size=vocab_size))
+    evals = evals or {}
+    for i, loss in enumerate(losses):
+        step = i + 1
+        logs = {"loss": loss}
+        if grad_norms is not None:
+            logs["grad_norm"] = grad_norms[i]
+        if lrs is not None:
+            logs["learning_rate"] = lrs[i]
+        engine.observe(step, logs)
+        if step in evals:
+            engine.observe(step, {"eval_loss": evals[step]})
+    return engine
+
+
+def decided(engine: Engine) -> list[tuple[str, str, int]]:
+    return [(f.kind, f.cause, f.step) for f in engine.findings]
+
+
+def decaying(n: int, start: float = 4.0, end: float = 1.0, noise: float = 0.0, seed: int = 0) -> list[float]:
+    rng = random.Random(seed)
+    return [end + (start - end) * math.exp(-i / (n / 5)) * (1 + noise * rng.uniform(-1, 1)) for i in range(n)]
+
+
+# -- healthy runs are never flagged -----------------------------------------------------------------------------
+def test_decaying_run_is_healthy() -> None:
+    engine = run(decaying(300), evals={s: 1.5 - s / 1000 for s in range(50, 301, 50)}, grad_norms=[1.0] * 300)
+    assert engine.verdict == "healthy" and engine.findings == []
+
+
+def test_very_noisy_small_batch_run_is_healthy() -> None:
+    losses = [max(0.05, x * random.Random(i).uniform(0.3, 1.9)) for i, x in enumerate(decaying(400, 3.0, 1.2))]
+    assert run(losses, vocab_size=32000).verdict == "healthy"
+
+
+def test_slow_start_under_long_warmup_is_not_flat() -> None:
+    warmup = 200
+    lrs = [2e-4 * min(1.0, (i + 1) / warmup) for i in range(400)]
+    losses = [3.0] * 150 + decaying(250, 3.0, 1.0)  # nothing moves while the LR is still tiny
+    assert run(losses, lrs=lrs).verdict == "healthy"
+
+
+def test_steady_train_eval_gap_is_healthy() -> None:
+    losses = decaying(300, 3.0, 0.8)
+    evals = {s: losses[s - 1] + 0.25 for s in range(30, 301, 30)}  # gap 0.25, eval still improving or level
+    assert run(losses, evals=evals).verdict == "healthy"
+
+
+def test_converged_run_that_plateaus_is_not_flat() -> None:
+    losses = decaying(60, 3.0, 1.0) + [1.0] * 300
+    assert run(losses).verdict == "healthy"
+
+
+# -- exploding ----------------------------------------------------------------------------------------------------
+def test_nan_loss_after_training_is_non_finite() -> None:
+    engine = run([3.0, 2.8, 2.7, nan, nan])
+    assert decided(engine)[0] == ("exploding", "non_finite", 4)
+    assert engine.findings[0].evidence["onset_step"] == 4
+
+
+def test_inf_loss_is_non_finite() -> None:
+    assert decided(run([3.0, 2.9, inf]))[0][:2] == ("exploding", "non_finite")
+
+
+def test_nan_hidden_by_trainer_filter_is_non_finite() -> None:
+    """logging_nan_inf_filter logs a window of NaN steps as 0.0; the grad norm beside it still says NaN."""
+    engine = run([3.0, 2.9, 2.8, 0.0], grad_norms=[1.0, 1.1, 0.9, nan])
+    assert decided(engine)[0] == ("exploding", "non_finite", 4)
+
+
+def test_zero_loss_with_finite_grad_norm_is_not_an_explosion() -> None:
+    """A memorised training set can log loss 0.0 (rounded); with a finite grad norm that is no NaN."""
+    engine = run(decaying(100, 3.0, 0.0) + [0.0] * 10, grad_norms=[0.5] * 110)
+    assert all(f.kind != "exploding" for f in engine.findings)
+
+
+def test_skipped_fp16_step_with_nonfinite_grad_norm_alone_is_harmless() -> None:
+    grads = [inf, inf, nan, 4.0] + [1.0] * 96
+    assert run(decaying(100), grad_norms=grads).verdict == "healthy"
+
+
+def test_loss_spike_over_max_loss() -> None:
+    assert decided(run([3.0, 2.5, 150.0]))[0] == ("exploding", "lr_too_high", 3)
+
+
+def test_sharp_rise_above_start() -> None:
+    engine = run([3.0, 2.0, 1.5, 1.6, 2.5, 3.5, 4.5, 5.0])
+    assert decided(engine)[0] == ("exploding", "lr_too_high", 7)  # the median of the last 3 first passes 3.0 there
+
+
+def test_single_noisy_batch_is_not_a_rise() -> None:
+    assert run([3.0, 2.0, 1.5, 1.4, 9.0, 1.3, 1.2, 1.2]).verdict == "healthy"
+
+
+def test_collapse_back_to_uniform_guess_with_vocab() -> None:
+    uniform = math.log(32000)  # 10.37
+    losses = [12.0, 6.0, 5.0, 4.5, 4.4, 9.5, 10.3, 10.37, 10.37]  # never 2× its best, never above its start
+    engine = run(losses, vocab_size=32000)
+    assert decided(engine)[0] == ("exploding", "lr_too_high", 8)
+    assert engine.findings[0].evidence["uniform_loss"] == pytest.approx(uniform)
+    assert run(losses).verdict == "healthy"  # without the vocab size that evidence is not there
+
+
+def test_rise_factor_is_an_argument() -> None:
+    losses = [3.0, 2.0, 1.5, 1.5, 3.2, 3.3, 3.4]
+    assert run(losses).verdict == "exploding"
+    assert run(losses, rise_factor=3.0).verdict == "healthy"
+
+
+# -- flat ---------------------------------------------------------------------------------------------------------
+def test_all_labels_masked_logged_as_zero_is_no_target_tokens() -> None:
+    engine = run([0.0] * 20, grad_norms=[0.0] * 20)
+    assert decided(engine) == [("flat", "no_target_tokens", 5)]
+
+
+def test_all_labels_masked_logged_as_nan_is_no_target_tokens_not_exploding() -> None:
+    engine = run([nan] * 20, grad_norms=[nan] * 20)
+    assert decided(engine) == [("flat", "no_target_tokens", 5)]
+
+
+def test_zero_gradients_after_some_training() -> None:
+    """The QLoRA-on-CPU trap: grad norm exactly 0.0 from the first evaluation on."""
+    grads = [0.8] * 30 + [0.0] * 30
+    engine = run(decaying(60), grad_norms=grads, lrs=[2e-4] * 60)
+    assert decided(engine)[0] == ("flat", "zero_gradients", 35)
+    assert engine.findings[0].evidence["onset_step"] == 31
+
+
+def test_zero_gradients_need_a_nonzero_learning_rate() -> None:
+    engine = run([3.0] * 10, grad_norms=[0.0] * 10, lrs=[0.0] * 10)
+    assert all(f.cause != "zero_gradients" for f in engine.findings)
+
+
+def test_lr_too_low_after_patience() -> None:
+    losses = [3.0 + 0.01 * math.sin(i) for i in range(80)]
+    engine = run(losses, lrs=[1e-8] * 80)
+    assert decided(engine) == [("flat", "lr_too_low", 51)]
+    assert "learning_rate 1e-08 → 1e-07" in engine.findings[0].fixes[0] or "learning_rate" in engine.findings[0].fixes[0]
+
+
+def test_flat_patience_and_tolerance_are_arguments() -> None:
+    losses = [3.0 * (1 - 0.0008 * i) for i in range(120)]  # 9.6 % down over the run
+    assert run(losses).findings[0].step == 51  # within 5 % for the first 50 steps
+    assert run(losses, patience_steps=100).verdict == "healthy"  # moved > 5 % before step 100
+    assert run(losses, patience_steps=100, tolerance=0.2).findings[0].step == 101
+
+
+def test_eval_loss_moving_means_not_flat() -> None:
+    losses = [3.0] * 80
+    evals = {s: 3.0 - s / 40 for s in range(10, 81, 10)}
+    assert run(losses, evals=evals).verdict == "healthy"
+
+
+# -- overfitting --------------------------------------------------------------------------------------------------
+def test_memorization() -> None:
+    losses = decaying(100, 3.0, 0.02)
+    engine = run(losses, evals={50: 1.8, 100: 1.9})
+    assert decided(engine)[0][:2] == ("overfitting", "memorization")
+
+
+def test_widening_gap_needs_consecutive_rises() -> None:
+    losses = decaying(200, 3.0, 0.5)
+    evals = {40: 1.5, 80: 1.2, 120: 1.25, 160: 1.32, 200: 1.4}
+    engine = run(losses, evals=evals)
+    assert decided(engine)[0] == ("overfitting", "widening_gap", 160)
+    assert engine.findings[0].evidence["best_eval_step"] == 80
+    assert run(losses, evals=evals, rising_evals=3).findings[0].step == 200
+
+
+def test_rise_within_noise_is_not_overfitting() -> None:
+    losses = decaying(200, 3.0, 0.5)
+    assert run(losses, evals={40: 1.5, 80: 1.2, 120: 1.201, 160: 1.203}).verdict == "healthy"
+
+
+def test_masked_run_logging_zero_is_never_overfitting() -> None:
+    engine = run([0.0] * 60, grad_norms=[0.0] * 60, evals={20: 4.0, 40: 4.1, 60: 4.2})
+    assert {f.kind for f in engine.findings} == {"flat"}
+
+
+# -- odd inputs ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "logs",
+    [{}, {"loss": None}, {"epoch": 1.0}, {"loss": "nan?"}, {"eval_loss": 2.0}, {"grad_norm": nan}, {"learning_rate": 0.0}],
+)
+def test_entries_without_a_usable_signal_decide_nothing(logs) -> None:
+    engine = Engine()
+    engine.observe(1, logs)
+    assert engine.findings == [] and engine.verdict == "healthy"
+
+
+def test_single_point_and_no_eval() -> None:
+    assert run([2.5]).verdict == "healthy"
+    assert run([]).verdict == "healthy"
+
+
+def test_each_kind_decided_once_and_verdict_is_the_first() -> None:
+    engine = run([3.0, 2.0, 200.0, nan, nan])
+    assert [f.kind for f in engine.findings] == ["exploding"]
+    assert engine.verdict == "exploding"
+
+
+def test_unknown_threshold_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match="unknown threshold.*patience"):
+        build_rules(patience=3)
+    with pytest.raises(TypeError, match="unknown threshold"):
+        build_rules(["exploding"], patience_steps=3)  # belongs to the flat rule
+
+
+def test_state_round_trip_continues_identically() -> None:
+    losses = decaying(40) + [3.0] * 10 + [nan]
+    whole = run(losses)
+    first = run(losses[:30])
+    resumed = Engine()
+    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
+    for i, loss in enumerate(losses[30:], start=31):
+        resumed.observe(i, {"loss": loss})
+    assert decided(resumed) == decided(whole)
+
+
+def test_findings_serialise_to_strict_json() -> None:
+    finding = run([3.0, 2.0, nan]).findings[0]
+    text = json.dumps(finding.to_dict(), allow_nan=False)
+    assert Finding.from_dict(json.loads(text)).cause == "non_finite"
+
+
+def test_rules_import_nothing_from_transformers() -> None:
+    import subprocess
+
+    code = "import trainwatch, trainwatch.engine, trainwatch.rules, sys; print('transformers' in sys.modules, 'torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_fixes_are_concrete_with_the_runs_arguments() -> None:
+    facts = Facts(hyperparameters={"learning_rate": 3e-3, "max_grad_norm": 1.0, "warmup_steps": 0, "num_train_epochs": 3, "lora_r": 8, "lora_dropout": 0.05, "weight_decay": 0.0})
+    engine = Engine(facts=facts)
+    for step, loss in enumerate([3.0, 2.5, 500.0], start=1):
+        engine.observe(step, {"loss": loss})
+    fixes = engine.findings[0].fixes
+    assert "learning_rate 0.003 → 0.0003" in fixes[0]
+    assert "max_grad_norm 1 → 0.3" in fixes[1]
+    assert "warmup_steps 0 → 100" in fixes[2]
+    over = Engine(facts=facts)
+    over.replay([(s, {"loss": x}) for s, x in enumerate(decaying(100, 3.0, 0.02), 1)] + [(100, {"eval_loss": 2.0})])
+    text = "\n".join(over.findings[0].fixes)
+    for expected in ("num_train_epochs 3 → 1", "lora_dropout 0.05 → 0.1", "lora r 8 → 4", "weight_decay 0 → 0.01"):
+        assert expected in text
