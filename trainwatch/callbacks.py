@@ -46,8 +46,7 @@ def _contained(hook: Hook) -> Hook:
         try:
             return hook(self, *args, **kwargs)
         except Exception as error:  # noqa: BLE001 - containment is the point
-            self.disabled = True
-            logger.error("trainwatch: internal error in %s (%r); monitoring is off, training goes on", hook.__name__, error)
+            self._switch_off(hook.__name__, error)
             return None
 
     return wrapper  # type: ignore[return-value]
@@ -114,17 +113,25 @@ class DiagnosisCallback(TrainerCallback):
     # -- hooks ------------------------------------------------------------------------------------------------------
     @_contained
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
+        self._begin_step = state.global_step
         self._output_dir = args.output_dir
         self._tensorboard_dir = _tensorboard_dir(args)
         self._resume(state, _facts(args, model))
-        self._begin_step = state.global_step
         if self.preflight:
             self._preflight_begin(args, state, control, model, kwargs)
 
-    @_contained
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
-        if self.preflight and state.global_step == self._begin_step + 1 and _on_cuda(args):
-            self._add_checks(state, [checklist.check_memory(*_gpu_memory(args))])
+        """GPU memory after step 1. Not ``@_contained``: every rank joins the reduction, one whose monitoring is off
+        included, or the others would wait for it forever."""
+        if not (self.preflight and state.global_step == self._begin_step + 1 and _on_cuda(args)):
+            return
+        try:
+            check = checklist.check_memory(*_gpu_memory(args))
+            if not self.disabled:
+                self._add_checks(state, [check])
+        except Exception as error:  # noqa: BLE001 - as _contained
+            if not self.disabled:
+                self._switch_off("on_step_end", error)
 
     @_contained
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
@@ -145,6 +152,10 @@ class DiagnosisCallback(TrainerCallback):
         stopped = f", training stopped at step {self._stopped_by.step}" if self._stopped_by else ""
         logger.warning("trainwatch: verdict %s%s; report in %s", self.verdict, stopped, path)
         self._write_tensorboard(state)
+
+    def _switch_off(self, where: str, error: Exception) -> None:
+        self.disabled = True
+        logger.error("trainwatch: internal error in %s (%r); monitoring is off, training goes on", where, error)
 
     # -- acting -----------------------------------------------------------------------------------------------------
     def _act(self, finding: Finding, state: TrainerState, control: TrainerControl) -> None:
@@ -229,10 +240,10 @@ class DiagnosisCallback(TrainerCallback):
     def _no_targets(self, count: checklist.TargetCount | None, state: TrainerState, control: TrainerControl) -> None:
         """No example can teach anything: decide "flat" now, with the counted evidence, instead of after steps."""
         inspected = count.inspected if count else None
+        examples = f"the {inspected} inspected" if inspected else "the inspected"
         finding = Finding(
             FLAT, "no_target_tokens", state.global_step,
-            f"pre-flight: none of the {inspected or 'inspected'} inspected train examples has a target token "
-            "(every label is -100)",
+            f"pre-flight: none of {examples} train examples has a target token (every label is -100)",
             {"inspected_examples": inspected, "dataset_size": count.dataset_size if count else None, "examples_with_targets": 0},
             fixes_for("no_target_tokens", self.engine.history.facts.hyperparameters),
         )
