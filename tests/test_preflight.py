@@ -6,7 +6,6 @@ import json
 import logging
 from pathlib import Path
 
-import pytest
 import torch
 from transformers import TrainingArguments
 from transformers.data.data_collator import default_data_collator
