@@ -83,7 +83,8 @@ def _curve(ax: Any, curve: tuple[np.ndarray, np.ndarray] | None, label: str, col
         return
     steps, values = curve
     finite = np.isfinite(values)
-    ax.plot(steps[finite], values[finite], label=label, color=colour, linewidth=1, marker=marker, markersize=3)
+    if finite.any():
+        ax.plot(steps[finite], values[finite], label=label, color=colour, linewidth=1, marker=marker, markersize=3)
     if not finite.all():
         ax.scatter(steps[~finite], np.full((~finite).sum(), 0.97), transform=ax.get_xaxis_transform(), marker="x",
                    color="red", label=f"{label}: NaN/inf", zorder=3)

@@ -271,74 +271,90 @@ def read_events(
     """
     tag_names: dict[bytes, str] = {}
     valid_headers: dict[bytes, int] = {}  # a header seen valid needs no second CRC: most records share a length
+    layouts: dict[bytes, str] = {}  # the bytes of a valid one-scalar layout (all but time, step, value) -> its tag
     crc = google_crc32c.value
     unpack_crc = _CRC.unpack_from
     unpack_float = _FLOAT.unpack_from
+    records = scalars = 0
     with open(path, "rb") as f:
         buffer, pos, consumed = b"", 0, 0
-        while True:
-            if len(buffer) - pos < 12:
-                more = f.read(CHUNK_BYTES)
-                if not more:
-                    stats.truncated_bytes += len(buffer) - pos
-                    return
-                consumed += pos
-                buffer, pos = buffer[pos:] + more, 0
-                continue
-            header = buffer[pos : pos + 12]
-            length = valid_headers.get(header)
-            if length is None:
-                length, length_crc = _HEADER.unpack(header)
-                if masked_crc(header[:8]) != length_crc:
-                    stats.unframed_from = consumed + pos
-                    stats.unread_bytes = len(buffer) - pos + (os.fstat(f.fileno()).st_size - f.tell())
-                    return
-                valid_headers[header] = length
-            end = pos + 16 + length
-            if end > len(buffer):
-                more = f.read(max(CHUNK_BYTES, end - len(buffer)))
-                if not more:
-                    stats.truncated_bytes += len(buffer) - pos
-                    return
-                consumed += pos
-                buffer, pos = buffer[pos:] + more, 0
-                continue
-            data = buffer[pos + 12 : end - 4]
-            pos = end
-            checksum = crc(data)
-            if (((checksum >> 15) | (checksum << 17)) + _MASK_DELTA) & 0xFFFFFFFF != unpack_crc(buffer, end - 4)[0]:
-                stats.bad_data_crc += 1
-                continue
-            stats.records += 1
-            try:
-                item = None
-                # Fast path, the layout every writer uses for one simple_value: wall_time, step, summary{value{tag, v}}.
-                if 20 < length and data[0] == 0x09 and data[9] == 0x10:
-                    step = data[10]
-                    at = 11
-                    if step >= 0x80:
-                        step, at = _varint(data, 10)
-                    if (length - at < 130 and at + 6 <= length - 5 and data[at] == 0x2A
-                            and data[at + 1] == length - at - 2 and data[at + 2] == 0x0A
-                            and data[at + 3] == length - at - 4 and data[at + 4] == 0x0A
-                            and data[at + 5] == length - at - 11 and data[length - 5] == 0x15):
-                        tag_bytes = data[at + 6 : length - 5]
-                        tag = tag_names.get(tag_bytes)
+        try:
+            while True:
+                if len(buffer) - pos < 12:
+                    more = f.read(CHUNK_BYTES)
+                    if not more:
+                        stats.truncated_bytes += len(buffer) - pos
+                        return
+                    consumed += pos
+                    buffer, pos = buffer[pos:] + more, 0
+                    continue
+                header = buffer[pos : pos + 12]
+                length = valid_headers.get(header)
+                if length is None:
+                    length, length_crc = _HEADER.unpack(header)
+                    if masked_crc(header[:8]) != length_crc:
+                        stats.unframed_from = consumed + pos
+                        stats.unread_bytes = len(buffer) - pos + (os.fstat(f.fileno()).st_size - f.tell())
+                        return
+                    valid_headers[header] = length
+                end = pos + 16 + length
+                if end > len(buffer):
+                    more = f.read(max(CHUNK_BYTES, end - len(buffer)))
+                    if not more:
+                        stats.truncated_bytes += len(buffer) - pos
+                        return
+                    consumed += pos
+                    buffer, pos = buffer[pos:] + more, 0
+                    continue
+                data = buffer[pos + 12 : end - 4]
+                pos = end
+                checksum = crc(data)
+                if (((checksum >> 15) | (checksum << 17)) + _MASK_DELTA) & 0xFFFFFFFF != unpack_crc(buffer, end - 4)[0]:
+                    stats.bad_data_crc += 1
+                    continue
+                records += 1
+                try:
+                    # Fast path, the layout writers use for one simple_value: wall_time, step, summary{value{tag, v}}.
+                    if 20 < length and data[0] == 0x09 and data[9] == 0x10:
+                        step = data[10]
+                        at = 11
+                        if step >= 0x80:
+                            step, at = _varint(data, 10)
+                            step = _int64(step)
+                        layout = data[at : length - 4]
+                        tag = layouts.get(layout)
                         if tag is None:
-                            tag = tag_names[tag_bytes] = tag_bytes.decode("utf-8", "replace")
-                            plugins.setdefault(tag, "scalars")
-                        item = (_int64(step), tag, unpack_float(data, length - 4)[0])
-                found = _decode_event(data, plugins, texts, tag_names) if item is None else ()
-            except (Undecodable, IndexError, struct.error, ValueError):
-                stats.undecodable += 1
-                continue
-            if item is not None:
-                stats.scalars += 1
-                yield item
-                continue
-            for item in found:
-                stats.scalars += item[1] is not None
-                yield item
+                            tag = _one_scalar_layout(layout, tag_names, plugins)
+                            if tag is not None:
+                                layouts[layout] = tag
+                        if tag is not None:
+                            scalars += 1
+                            yield step, tag, unpack_float(data, length - 4)[0]
+                            continue
+                    found = _decode_event(data, plugins, texts, tag_names)
+                except (Undecodable, IndexError, struct.error, ValueError):
+                    stats.undecodable += 1
+                    continue
+                for item in found:
+                    scalars += item[1] is not None
+                    yield item
+        finally:
+            stats.records += records
+            stats.scalars += scalars
+
+
+def _one_scalar_layout(layout: bytes, tag_names: dict[bytes, str], plugins: dict[str, str | None]) -> str | None:
+    """The tag if ``layout`` is exactly ``summary{value{tag, simple_value}}`` (value bytes left out), else None."""
+    size = len(layout) + 4  # the float's 4 bytes complete the message
+    if not (11 <= size < 130 and layout[0] == 0x2A and layout[1] == size - 2 and layout[2] == 0x0A
+            and layout[3] == size - 4 and layout[4] == 0x0A and layout[5] == size - 11 and layout[-1] == 0x15):
+        return None
+    tag_bytes = layout[6:-1]
+    tag = tag_names.get(tag_bytes)
+    if tag is None:
+        tag = tag_names[tag_bytes] = tag_bytes.decode("utf-8", "replace")
+    plugins.setdefault(tag, "scalars")
+    return tag
 
 
 def _decode_event(
