@@ -218,11 +218,8 @@ def exercise(kind: str, data: bytes, directory: str) -> str:
 
 
 def _analyze(path: str) -> None:
-    """The whole post-hoc pipeline on the same file, where it exists (``trainwatch.analyze``)."""
-    try:
-        from trainwatch.analysis import analyze
-    except ImportError:
-        return
+    """The whole post-hoc pipeline on the same file: ``trainwatch.analyze``, its text and its JSON."""
+    from trainwatch.analysis import analyze
     from trainwatch.logs import LogReadError
 
     try:
@@ -231,22 +228,3 @@ def _analyze(path: str) -> None:
             json.dumps(report.to_dict(), allow_nan=False)  # what --json prints is strict JSON
     except LogReadError as error:
         assert "\n" not in str(error), str(error)
-
-
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("ZeroDivisionError", "exploding.py"): "ExplodingRule divides by a loss floor of 0.0 (a logged loss of 0)",
-    ("RecursionError", "decoder.py"): "read_trainer_state lets json's RecursionError out on deeply nested JSON",
-    ("OverflowError", "analysis.py"): "analyze: a log_history step beyond int64 overflows the curves array",
-    ("Undecodable", "tensorboard.py"): "read_events: a step varint over 10 bytes on the fast path escapes its try",
-}
-"""Failures the fuzzer found that are reported to the owners of those files and not fixed yet: (exception type,
-file it was raised in) -> what it is. Each has a strict-xfail reproducer in tests/test_fuzz_readers.py, which
-fails once the bug is fixed, so that its entry here is removed with it."""
-
-
-def known_bug(error: BaseException) -> str | None:
-    import traceback
-    from pathlib import Path
-
-    frame = traceback.extract_tb(error.__traceback__)[-1]
-    return KNOWN_BUGS.get((type(error).__name__, Path(frame.filename).name))
