@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -202,3 +204,30 @@ def test_preflight_off_and_uninspectable_data(tmp_path: Path) -> None:
     assert trainer.state.global_step == 3 and not diagnoser.disabled
     [skip] = [c for c in diagnoser.checks if c.name == "target tokens"]
     assert skip.status == pf.SKIP and "cannot be inspected" in skip.detail
+
+
+ASSETS = Path(__file__).resolve().parents[1] / "trainwatch" / "assets"
+
+
+def _check(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainwatch", "check", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_check_command_on_the_shipped_data() -> None:
+    data, model = str(ASSETS / "instructions-train.jsonl"), str(ASSETS / "tiny-llama")
+    ok = _check(data, "--model", model)
+    assert ok.returncode == 0, ok.stderr
+    assert "[pass] examples with targets: 800 examples" in ok.stdout and "[pass] max sequence length" in ok.stdout
+
+    # A window too short for any response: every example is cut, none keeps a target token.
+    short = _check(data, "--model", model, "--max-seq-length", "24")
+    assert short.returncode == 1
+    assert "[fail] target tokens" in short.stdout and "800 of 800 inspected examples fill all 24 tokens" in short.stdout
+
+
+def test_check_command_bad_input_is_one_line(tmp_path: Path) -> None:
+    missing = _check(str(tmp_path / "nothing.jsonl"), "--model", str(ASSETS / "tiny-llama"))
+    no_model = _check(str(ASSETS / "instructions-train.jsonl"), "--model", str(tmp_path / "no-model"))
+    for result in (missing, no_model):
+        assert result.returncode == 2 and result.stdout == ""
+        assert result.stderr.startswith("trainwatch: error: ") and result.stderr.count("\n") == 1

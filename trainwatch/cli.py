@@ -30,6 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--plot", metavar="FILE.png", help="draw loss, eval loss and grad norm with the diagnoses marked (several runs: FILE-1.png, FILE-2.png, ...)")
     analyze.add_argument("--smoothing", type=int, default=3, help="train losses whose median is the smoothed level (default 3)")
     analyze.set_defaults(handler=_analyze)
+    check = commands.add_parser(
+        "check", help="run the pre-flight data checklist on a JSONL training set",
+        description="Tokenize a training set as the reference script does (python -m trainwatch.train) and check that "
+        "examples have target tokens and that the max sequence length leaves room for the responses. "
+        "Exit 0: no item failed, 1: an item failed, 2: bad input.",
+    )
+    check.add_argument("data", help="training JSONL: instruction/response or messages records")
+    check.add_argument("--model", required=True, help="the model whose tokenizer is used (local directory or cached hub id)")
+    check.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128, as the script)")
+    check.set_defaults(handler=_check)
     return parser
 
 
@@ -64,6 +74,25 @@ def _analyze(args: argparse.Namespace) -> int:
         written = plot_reports(reports, args.plot)
         print(f"plot: {', '.join(map(str, written))}", file=sys.stderr)
     return FAILURE if any(r.failed for r in reports) else HEALTHY
+
+
+def _check(args: argparse.Namespace) -> int:
+    from trainwatch.data import DataError
+    from trainwatch.preflight import FAIL, check_instruction_data, format_checks
+
+    if os.sep in args.model and not os.path.isdir(args.model):
+        print(f"trainwatch: error: --model {args.model}: no such directory", file=sys.stderr)
+        return BAD_INPUT
+    try:
+        checks = check_instruction_data(args.data, args.model, args.max_seq_length)
+    except DataError as error:
+        print(f"trainwatch: error: {error}", file=sys.stderr)
+        return BAD_INPUT
+    except (OSError, ValueError) as error:
+        print(f"trainwatch: error: --model {args.model}: {str(error).strip().splitlines()[0]}", file=sys.stderr)
+        return BAD_INPUT
+    print(format_checks(checks, title=f"trainwatch check {args.data}"))
+    return FAILURE if any(c.status == FAIL for c in checks) else HEALTHY
 
 
 if __name__ == "__main__":

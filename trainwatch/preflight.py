@@ -269,3 +269,25 @@ def check_early_loss(start: float, step: int, level: float) -> Check:
 def effective_batch_size(args: Any) -> int:
     """Examples per optimizer step over all processes."""
     return int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * max(1, int(getattr(args, "world_size", 1)))
+
+
+# -- trainwatch check -----------------------------------------------------------------------------------------------
+def check_instruction_data(path: str, model: str, max_length: int, *, min_examples: int = 100) -> list[Check]:
+    """The data items of the checklist for a JSONL training set, tokenized as the reference script does.
+
+    Unlike the live check, every example is inspected, before the script drops those with nothing of the response
+    left. Raises :class:`trainwatch.data.DataError` for an unreadable data file and ``OSError``/``ValueError`` for a
+    tokenizer that cannot be loaded.
+    """
+    from transformers import AutoTokenizer, DataCollatorForSeq2Seq
+
+    from trainwatch.data import encode, load_examples
+
+    examples = load_examples(path)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if tokenizer.pad_token is None:  # as the reference script: labels are padded with -100, never with EOS
+        tokenizer.pad_token = tokenizer.eos_token
+    rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in (encode(x, tokenizer, max_length) for x in examples)]
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX)
+    count = count_targets(rows, collate, sample_size=len(rows), max_length=max_length, eos_token_id=tokenizer.eos_token_id)
+    return [*check_targets(count, min_examples=min_examples), check_truncation(count, max_length)]
