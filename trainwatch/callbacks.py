@@ -63,8 +63,8 @@ class DiagnosisCallback(TrainerCallback):
         smoothing: train losses whose median makes the smoothed level the rules compare.
         preflight: run the pre-flight checklist (:mod:`trainwatch.preflight`) at the start, at step 1 and at step
             ``early_loss_step``; its items go into the report and ``diagnosis.json``. A train set in which no
-            example has a target token is decided "flat" before the first step and stops training when "flat" is
-            in ``stop_on`` (Trainer looks at the stop flag only after its first optimizer step: one step runs).
+            example has a target token fails the checklist before the first step; with "flat" in ``stop_on`` it
+            is decided "flat" there and training stops (Trainer reads the stop flag after its first step only).
         early_loss_step: the step at which the loss must be lower than at the start.
         **thresholds: the rules' thresholds by name: ``max_loss``, ``rise_factor`` (exploding);
             ``patience_steps``, ``tolerance``, ``confirm_steps`` (flat); ``train_below``, ``val_above``,
