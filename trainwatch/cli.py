@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("path", help="event file, run directory, directory of runs, Trainer output dir, or trainer_state.json")
     analyze.add_argument("--json", action="store_true", help="print a JSON list with one object per run")
     analyze.add_argument("--plot", metavar="FILE.png", help="draw loss, eval loss and grad norm with the diagnoses marked (several runs: FILE-1.png, FILE-2.png, ...)")
-    analyze.add_argument("--smoothing", type=int, default=3, help="train losses whose median is the smoothed level (default 3)")
+    analyze.add_argument("--smoothing", type=_positive_int, default=3, help="train losses whose median is the smoothed level (default 3)")
     analyze.set_defaults(handler=_analyze)
     check = commands.add_parser(
         "check", help="run the pre-flight data checklist on a JSONL training set",
@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128, as the script)")
     check.set_defaults(handler=_check)
     return parser
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
