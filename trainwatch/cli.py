@@ -58,9 +58,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LogReadError as error:
         print(f"trainwatch: error: {error}", file=sys.stderr)
         return BAD_INPUT
-    except BrokenPipeError:  # `trainwatch analyze ... | head`: the reader left, which is not an error
-        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush does not fail
-        return HEALTHY
 
 
 def _analyze(args: argparse.Namespace) -> int:
@@ -71,15 +68,16 @@ def _analyze(args: argparse.Namespace) -> int:
 
         check_plotting(args.plot)
     reports = analyze(args.path, smoothing=args.smoothing)
-    if args.json:
-        print(json.dumps([r.to_dict() for r in reports], indent=2, default=str))
-    else:
-        print("\n\n".join(r.format_text() for r in reports))
     if args.plot:
         from trainwatch.plot import plot_reports
 
         written = plot_reports(reports, args.plot)
         print(f"plot: {', '.join(map(str, written))}", file=sys.stderr)
+    text = json.dumps([r.to_dict() for r in reports], indent=2, default=str) if args.json else "\n\n".join(r.format_text() for r in reports)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `trainwatch analyze ... | head`: the reader left, which is no reason to change the verdict
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush does not fail
     return FAILURE if any(r.failed for r in reports) else HEALTHY
 
 
