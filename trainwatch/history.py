@@ -106,12 +106,18 @@ class History:
         self.plateau_step: int | None = None
         """Step from which the loss is judged for flatness: the first loss once the learning rate stopped rising."""
         self.plateau_level: float | None = None
+        self.plateau_logs = 0
+        """Finite train losses logged since ``plateau_step``: flatness needs enough of them, not just enough steps."""
         self.largest_move = 0.0
         """Largest relative move of the loss level from its start or its plateau reference: has it ever moved?"""
         self.lr_rising = False
         self.zero_grad_since: int | None = None
         """Step of the last non-zero gradient norm before the current run of exact zeros (None: not in one)."""
         self.last_nonzero_grad_step = 0
+        self.zero_grad_logs = 0
+        """Consecutive grad-norm observations of exactly 0.0."""
+        self.zero_grad_level: float | None = None
+        """The loss level when the current run of zero grad norms began: real zero gradients leave it unchanged."""
         self.evals: deque[EvalPoint] = deque(maxlen=eval_window)
         self.best_eval: float | None = None
         self.best_eval_step: int | None = None
@@ -120,6 +126,30 @@ class History:
 
     def __getitem__(self, signal: str) -> Series:
         return self.series[signal]
+
+    @property
+    def sustained_loss(self) -> float | None:
+        """The lowest of the last ``smoothing`` train losses: what the loss has been at least, every time, lately.
+
+        A rise that shows here has lasted; intermittent spikes (long or odd batches) never reach it.
+        """
+        full = len(self.recent_losses) == self.smoothing
+        return min(self.recent_losses) if full else None
+
+    @property
+    def never_a_loss(self) -> bool:
+        """No loss was ever computed: every train loss 0.0 or NaN, and no positive grad norm beside it.
+
+        That is what Trainer logs when every label is -100 (0/0 is NaN, which its NaN filter logs as 0.0).
+        """
+        loss = self.series[LOSS]
+        return loss.min in (None, 0.0) and loss.max in (None, 0.0) and not self.series[GRAD_NORM].positive_seen
+
+    @property
+    def loss_is_nonnegative(self) -> bool:
+        """Cross-entropy-like: the ratio rules only make sense for a loss that is never negative (not DPO/RL)."""
+        low = self.series[LOSS].min
+        return low is None or low >= 0
 
     def record(self, step: int, logs: Mapping[str, Any]) -> bool:
         """Add one log entry (Trainer's keys); returns whether it carried any signal the rules read."""
@@ -148,9 +178,10 @@ class History:
     def _record_grad_norm(self, step: int, value: float) -> None:
         if value == 0.0:
             if self.zero_grad_since is None:
-                self.zero_grad_since = self.last_nonzero_grad_step
+                self.zero_grad_since, self.zero_grad_level = self.last_nonzero_grad_step, self.loss_level
+            self.zero_grad_logs += 1
         else:
-            self.zero_grad_since = None
+            self.zero_grad_since, self.zero_grad_level, self.zero_grad_logs = None, None, 0
             self.last_nonzero_grad_step = step
 
     def _record_loss(self, step: int, value: float) -> None:
@@ -162,8 +193,11 @@ class History:
             self.loss_start = value
         if self.loss_floor is None or self.loss_level < self.loss_floor:
             self.loss_floor, self.loss_floor_step = self.loss_level, step
+        if self.zero_grad_since is not None and self.zero_grad_level is None:
+            self.zero_grad_level = self.loss_level  # the zeros began with the run: compare with its first level
         if self.plateau_step is None:
-            self.plateau_step, self.plateau_level = step, self.loss_level
+            self.plateau_step, self.plateau_level, self.plateau_logs = step, self.loss_level, 0
+        self.plateau_logs += 1
         self.largest_move = max(
             self.largest_move, _relative_move(self.loss_level, self.loss_start), _relative_move(self.loss_level, self.plateau_level)
         )

@@ -14,20 +14,25 @@ class ExplodingRule:
     """Decides *exploding* on a non-finite loss, a loss spike, or a sustained rise.
 
     Args:
-        max_loss: a logged train loss at or above this is an explosion (cause ``lr_too_high``); no language model
-            sits at 100 nats.
-        rise_factor: the smoothed loss level at or above ``rise_factor`` × its lowest level so far is a sharp rise
-            (cause ``lr_too_high``) once it is also worse than where the run began. Both conditions are needed: a
-            noisy batch can double a small loss, but it does not undo all the training.
+        max_loss: a logged train loss at or above this, in a run that started below it, is an explosion (cause
+            ``lr_too_high``): no language model sits at 100 nats. (A loss that starts above it is not a
+            per-token cross-entropy, and this test does not apply.)
+        rise_factor: every one of the last ``smoothing`` losses at or above ``rise_factor`` × the lowest smoothed
+            level so far, and above where the run began, is a sharp rise (cause ``lr_too_high``). Each condition
+            is needed: a long or odd batch can double a small loss once, but not every time, and a rise that stays
+            below the start has not undone the training.
         uniform_margin: for a language model (vocab size known) the uniform guess ln(vocab_size) is the loss of
             a model that knows nothing. A run whose best level was more than ``uniform_margin`` × ln V below it,
-            and whose level climbed back to within ``uniform_margin`` of that distance from it, has lost what it
-            learned (cause ``lr_too_high``), however small the ratio to its best.
+            and whose last losses all climbed back to within ``uniform_margin`` of that distance from it, has lost
+            what it learned (cause ``lr_too_high``), however small the ratio to its best.
+
+    The ratio tests apply to losses that are never negative (cross-entropy); a loss that goes below 0 (DPO, RL
+    objectives) is only judged on non-finite values.
 
     A NaN/inf loss is ``non_finite``. With Trainer's default ``logging_nan_inf_filter`` a NaN step is replaced by
     the window's average, and a window of NaN steps is logged as exactly 0.0 beside a NaN grad norm: that
-    signature is read as non-finite too. A run whose loss was *never* finite and positive had no target token
-    (all labels -100): that is the flat rule's ``no_target_tokens``, not an explosion, so this rule abstains.
+    signature is read as non-finite too. A run in which no loss was ever computed (every label -100, see
+    ``History.never_a_loss``) is the flat rule's ``no_target_tokens``, not an explosion, so this rule abstains.
     A non-finite grad norm with a finite loss is a step the fp16 loss scaler skipped, harmless on its own.
     """
 
@@ -38,7 +43,7 @@ class ExplodingRule:
 
     def observe(self, history: History) -> Finding | None:
         loss, grad_norm = history[LOSS], history[GRAD_NORM]
-        if not loss.positive_seen or loss.last is None:
+        if history.never_a_loss or loss.last is None:
             return None
         common = {
             "loss": loss.last,
@@ -59,7 +64,8 @@ class ExplodingRule:
                 f"the train loss became non-finite ({how}) at step {onset}, after training normally",
                 {**common, "onset_step": onset},
             )
-        if loss.last >= self.max_loss:
+        start = history.loss_start
+        if loss.last >= self.max_loss and start is not None and start < self.max_loss:
             return Finding(
                 self.kind,
                 "lr_too_high",
@@ -67,8 +73,8 @@ class ExplodingRule:
                 f"the train loss spiked to {loss.last:.4g} (≥ {self.max_loss:g})",
                 {**common, "onset_step": history.loss_floor_step, "max_loss": self.max_loss},
             )
-        level, floor, start = history.loss_level, history.loss_floor, history.loss_start
-        if level is None or floor is None or start is None:
+        level, floor = history.sustained_loss, history.loss_floor
+        if level is None or floor is None or start is None or floor <= 0 or not history.loss_is_nonnegative:
             return None
         uniform = history.facts.uniform_loss
         rose = level >= self.rise_factor * floor and level > start
@@ -80,7 +86,7 @@ class ExplodingRule:
                 self.kind,
                 "lr_too_high",
                 history.step,
-                f"the loss rose from {floor:.4g} (step {history.loss_floor_step}) to {level:.4g}, "
+                f"the loss rose from {floor:.4g} (step {history.loss_floor_step}) to ≥ {level:.4g} for {history.smoothing} logs, "
                 f"{level / floor:.1f}× its best and {worse}",
                 {**common, "loss_level": level, "start_loss": start, "uniform_loss": uniform, "onset_step": history.loss_floor_step},
             )

@@ -17,17 +17,29 @@ class FlatRule:
         patience_steps: optimizer steps the loss must stay flat before the run is called flat (cause
             ``lr_too_low``). They are counted from the moment the learning rate stopped rising, so a slow start
             under a long warmup is never judged.
+        min_logs: ... and train losses logged over them, so that a run logged every 500 steps is not judged on
+            two points.
         tolerance: "flat" means the smoothed train loss (and the eval loss, when there is one) never moved more
             than this fraction away from its starting level.
         confirm_steps: optimizer steps a certain cause must hold before it is decided: a loss that was never
-            finite and positive (``no_target_tokens``: every label is -100, so the loss is NaN, or 0.0 after
-            Trainer's NaN filter), or a grad norm of exactly 0.0 while the learning rate is not 0
-            (``zero_gradients``: no trainable parameter is reached by the backward pass).
+            anything but 0.0 or NaN beside a grad norm that was never positive (``no_target_tokens``: every label
+            is -100, so the loss is NaN, or 0.0 after Trainer's NaN filter), or a grad norm of exactly 0.0 while
+            the learning rate is not 0 (``zero_gradients``: no trainable parameter is reached by the backward
+            pass).
+        confirm_logs: ... and consecutive zero grad norms logged over them; while they last the smoothed loss
+            must also stay flat, within ``tolerance`` of its level when they began (without gradients it cannot
+            move: if it does, the logged norm is not the gradient that trains the model, as with some
+            optimizers' skipped steps).
+
+    A loss that is 0.0 beside a positive grad norm is a real objective that happens to be 0 (GRPO logs that), and a
+    loss that goes negative is not a cross-entropy: ``lr_too_low`` is only judged on a positive loss level.
     """
 
     patience_steps: int = 50
+    min_logs: int = 5
     tolerance: float = 0.05
     confirm_steps: int = 5
+    confirm_logs: int = 3
     kind: ClassVar[str] = FLAT
 
     def observe(self, history: History) -> Finding | None:
@@ -35,7 +47,7 @@ class FlatRule:
         if loss.count == 0:
             return None
         evidence = {"loss": loss.last, "grad_norm": grad_norm.last, "learning_rate": lr.last}
-        if not loss.positive_seen:
+        if history.never_a_loss:
             if history.step < self.confirm_steps:
                 return None
             return Finding(
@@ -46,8 +58,15 @@ class FlatRule:
                 "no example has a label other than -100",
                 {**evidence, "logged_losses": loss.count, "non_finite_losses": loss.nonfinite},
             )
-        since = history.zero_grad_since
-        if since is not None and history.step - since >= self.confirm_steps and lr.last != 0.0:
+        since, before, now = history.zero_grad_since, history.zero_grad_level, history.loss_level
+        loss_flat = before is not None and now is not None and before > 0 and abs(now / before - 1) <= self.tolerance
+        if (
+            since is not None
+            and history.step - since >= self.confirm_steps
+            and history.zero_grad_logs >= self.confirm_logs
+            and loss_flat
+            and lr.last != 0.0
+        ):
             return Finding(
                 self.kind,
                 "zero_gradients",
@@ -61,6 +80,10 @@ class FlatRule:
         if (
             start is not None
             and history.step - start >= self.patience_steps
+            and history.plateau_logs >= self.min_logs
+            and history.plateau_level is not None
+            and history.plateau_level > 0
+            and history.loss_is_nonnegative
             and history.largest_move <= self.tolerance
             and not eval_moved
         ):

@@ -22,12 +22,13 @@ class OverfittingRule:
         min_rise: ... provided the eval loss is also this fraction above its best, so that a rise within
             evaluation noise is not called overfitting.
 
-    A run that never had a finite, positive train loss (all labels -100, logged as 0.0) is never overfitting.
+    A run that never had a finite, positive train loss (all labels -100, logged as 0.0) is never overfitting, and
+    memorization is only judged on a loss that is never negative (cross-entropy).
     """
 
     train_below: float = 0.1
     val_above: float = 1.0
-    rising_evals: int = 2
+    rising_evals: int = 3
     min_rise: float = 0.02
     kind: ClassVar[str] = OVERFITTING
 
@@ -45,7 +46,7 @@ class OverfittingRule:
             "best_eval_step": history.best_eval_step,
             "onset_step": history.best_eval_step,
         }
-        if last.train_level < self.train_below and last.loss > self.val_above:
+        if last.train_level < self.train_below and last.loss > self.val_above and history.loss_is_nonnegative:
             return Finding(
                 self.kind,
                 "memorization",
