@@ -27,8 +27,9 @@ SAVE_STEPS = 100
 
 def run_live(scenario: str, output_dir: Path, **overrides) -> Diagnoser:
     diagnoser = Diagnoser(report=False)
-    trainer = tiny_trainer(scenario, str(output_dir), callbacks=[diagnoser], save_strategy="steps",
-                           save_steps=SAVE_STEPS, **overrides)
+    trainer = tiny_trainer(
+        scenario, str(output_dir), callbacks=[diagnoser], save_strategy="steps", save_steps=SAVE_STEPS, **overrides
+    )
     logging.disable(logging.WARNING)
     try:
         trainer.train()
@@ -66,7 +67,8 @@ def test_logs_give_the_live_verdict(live_runs, scenario):
     for ours, theirs in zip(tensorboard.diagnoses, diagnoser.diagnoses, strict=True):
         assert ours.fixes == theirs.fixes  # the args text summary makes them as concrete as live
         assert ours.evidence == {  # TensorBoard keeps float32
-            k: pytest.approx(v, rel=1e-6, nan_ok=True) if isinstance(v, float) else v for k, v in theirs.evidence.items()
+            k: pytest.approx(v, rel=1e-6, nan_ok=True) if isinstance(v, float) else v
+            for k, v in theirs.evidence.items()
         }
     for ours, theirs in zip(state.diagnoses, diagnoser.diagnoses, strict=True):
         # trainer_state.json keeps every digit; vocab from the checkpoint (to_dict: NaN as a word, so NaN == NaN)
@@ -113,16 +115,22 @@ def test_resumed_run_in_sibling_run_directories_is_one_run(tmp_path):
             if state.global_step == 120:
                 raise Crash
 
-    first = tiny_trainer("healthy", str(tmp_path), callbacks=[Diagnoser(report=False), CrashAt()],
-                         save_strategy="steps", save_steps=SAVE_STEPS)
+    first = tiny_trainer(
+        "healthy",
+        str(tmp_path),
+        callbacks=[Diagnoser(report=False), CrashAt()],
+        save_strategy="steps",
+        save_steps=SAVE_STEPS,
+    )
     with pytest.raises(Crash):
         first.train()
     writer = next(c for c in first.callback_handler.callbacks if type(c).__name__ == "TensorBoardCallback")
     writer.on_train_end(first.args, first.state, first.control)  # the crashed process's writer is gone too
     time.sleep(1.1)  # the run directory's name has a one-second resolution
     diagnoser = Diagnoser(report=False)
-    resumed = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], save_strategy="steps",
-                           save_steps=SAVE_STEPS)
+    resumed = tiny_trainer(
+        "healthy", str(tmp_path), callbacks=[diagnoser], save_strategy="steps", save_steps=SAVE_STEPS
+    )
     resumed.train(resume_from_checkpoint=True)
     assert len(list((tmp_path / "runs").iterdir())) == 2
     (report,) = trainwatch.analyze(tmp_path)
@@ -136,8 +144,13 @@ def test_resumed_run_in_sibling_run_directories_is_one_run(tmp_path):
 
 # -- the command ----------------------------------------------------------------------------------------------------
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "trainwatch", *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "trainwatch", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_cli_exit_codes_and_text(live_runs, tmp_path):
@@ -154,7 +167,9 @@ def test_cli_exit_codes_and_text(live_runs, tmp_path):
     garbage = tmp_path / "events.out.tfevents.1700000000.host"
     garbage.write_bytes(os.urandom(64))
     result = cli("analyze", str(garbage))
-    assert result.returncode == 2 and "Traceback" not in result.stderr and "not a TensorBoard event file" in result.stderr
+    assert (
+        result.returncode == 2 and "Traceback" not in result.stderr and "not a TensorBoard event file" in result.stderr
+    )
 
 
 def test_cli_json(live_runs):
@@ -177,8 +192,10 @@ def test_cli_plot(live_runs, tmp_path):
 
 
 def test_cli_plot_without_matplotlib_is_one_line(live_runs, tmp_path):
-    code = ("import sys; sys.modules['matplotlib'] = None; from trainwatch.cli import main; "
-            f"sys.exit(main(['analyze', {str(live_runs['healthy'][0])!r}, '--plot', {str(tmp_path / 'x.png')!r}]))")
+    code = (
+        "import sys; sys.modules['matplotlib'] = None; from trainwatch.cli import main; "
+        f"sys.exit(main(['analyze', {str(live_runs['healthy'][0])!r}, '--plot', {str(tmp_path / 'x.png')!r}]))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr == "trainwatch: error: --plot needs matplotlib: pip install 'trainwatch[plot]'\n"
@@ -195,6 +212,8 @@ def test_api_errors_are_log_read_errors(tmp_path):
 
 
 def test_analyze_does_not_import_torch():
-    code = "import sys, trainwatch.cli, trainwatch.analysis; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    code = (
+        "import sys, trainwatch.cli, trainwatch.analysis; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "False False"

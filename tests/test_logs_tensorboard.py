@@ -76,8 +76,12 @@ def test_no_value_is_sampled_away(tmp_path):
     writer = EventFileWriter(str(tmp_path))
     for step in range(1, steps + 1):
         value = 1e6 if step == 12_345 else 1.0
-        writer.add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(
-            value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=value)])))
+        writer.add_event(
+            event_pb2.Event(
+                step=step,
+                summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=value)]),
+            )
+        )
     writer.close()
     run = read_run(event_files(tmp_path))
     assert len(run.values) == steps
@@ -101,17 +105,22 @@ def test_tf2_tensor_scalars_in_every_encoding(tmp_path):
         "train/loss": lambda v: tensor_pb2.TensorProto(dtype=1, tensor_shape=scalar_shape, float_val=[v]),
         "train/grad_norm": lambda v: tensor_pb2.TensorProto(dtype=2, tensor_shape=scalar_shape, double_val=[v]),
         "train/learning_rate": lambda v: tensor_pb2.TensorProto(
-            dtype=1, tensor_shape=scalar_shape, tensor_content=struct.pack("<f", v)),
+            dtype=1, tensor_shape=scalar_shape, tensor_content=struct.pack("<f", v)
+        ),
         "eval/loss": lambda v: tensor_pb2.TensorProto(
-            dtype=2, tensor_shape=scalar_shape, tensor_content=struct.pack("<d", v)),
+            dtype=2, tensor_shape=scalar_shape, tensor_content=struct.pack("<d", v)
+        ),
     }
     writer = EventFileWriter(str(tmp_path))
     for step in range(1, 6):
         for tag, encode in encodings.items():
             writer.add_event(_tensor_event(step, tag, encode(step / 4), first=step == 1))
     # a histogram-like tensor (rank 1) under a "scalars" tag is not a scalar; an unknown plugin's tensor is ignored
-    vector = tensor_pb2.TensorProto(dtype=1, tensor_shape=tensor_shape_pb2.TensorShapeProto(
-        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=3)]), float_val=[1, 2, 3])
+    vector = tensor_pb2.TensorProto(
+        dtype=1,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=3)]),
+        float_val=[1, 2, 3],
+    )
     writer.add_event(_tensor_event(6, "train/loss", vector, first=False))
     writer.close()
     run = read_run(event_files(tmp_path))
@@ -143,7 +152,7 @@ def test_nan_and_inf_are_kept(tmp_path):
     assert values[0] == 1.0 and math.isnan(values[1]) and values[2] == math.inf and values[3] == -math.inf
 
 
-# -- damage -------------------------------------------------------------------------------------------------------------
+# -- damage ------------------------------------------------------------------------------------------------------------
 def _record_offsets(path: Path) -> list[int]:
     data, offsets, pos = path.read_bytes(), [], 0
     while pos < len(data):
@@ -178,7 +187,7 @@ def test_record_that_is_not_an_event_is_skipped(tmp_path):
     garbage = b"\xff\xff\xff"  # an unterminated varint key: not protobuf, though its CRC is right
     header = struct.pack("<Q", len(garbage))
     record = header + struct.pack("<I", masked_crc(header)) + garbage + struct.pack("<I", masked_crc(garbage))
-    path.write_bytes(path.read_bytes() + record + path.read_bytes()[_record_offsets(path)[3]:])
+    path.write_bytes(path.read_bytes() + record + path.read_bytes()[_record_offsets(path)[3] :])
     run = read_run([path])
     assert any("not decodable" in n for n in run.notes)
     assert len(run.curves()["loss"][1]) == 6  # read on past the bad record: steps 1-3 and again 1-3
@@ -206,12 +215,20 @@ def test_empty_file_is_a_note(tmp_path):
 def test_session_start_drops_earlier_values_at_later_steps(tmp_path):
     writer = EventFileWriter(str(tmp_path))
     for step in range(1, 11):
-        writer.add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(
-            value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=1.0)])))
+        writer.add_event(
+            event_pb2.Event(
+                step=step,
+                summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=1.0)]),
+            )
+        )
     writer.add_event(event_pb2.Event(step=6, session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)))
     for step in range(6, 9):
-        writer.add_event(event_pb2.Event(step=step, summary=summary_pb2.Summary(
-            value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=2.0)])))
+        writer.add_event(
+            event_pb2.Event(
+                step=step,
+                summary=summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag="train/loss", simple_value=2.0)]),
+            )
+        )
     writer.close()
     run = read_run(event_files(tmp_path))
     steps, values = run.curves()["loss"]

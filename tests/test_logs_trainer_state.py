@@ -23,8 +23,9 @@ def write_state(folder, log_history=LOG_HISTORY, **fields):
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "trainer_state.json"
     # json.dumps writes NaN/Infinity, as Trainer's save_to_json does
-    path.write_text(json.dumps({"global_step": 2, "num_train_epochs": 3, "max_steps": 20, "log_history": log_history,
-                                **fields}))
+    path.write_text(
+        json.dumps({"global_step": 2, "num_train_epochs": 3, "max_steps": 20, "log_history": log_history, **fields})
+    )
     return path
 
 
@@ -43,12 +44,18 @@ def test_facts_from_the_checkpoint_and_its_output_dir(tmp_path):
     path = write_state(checkpoint)
     (checkpoint / "adapter_config.json").write_text(json.dumps({"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}))
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {"vocab_size": 32000}}))
-    (tmp_path / "training_args.json").write_text(json.dumps({"learning_rate": 2e-4, "max_grad_norm": 0.3, "report_to": []}))
+    (tmp_path / "training_args.json").write_text(
+        json.dumps({"learning_rate": 2e-4, "max_grad_norm": 0.3, "report_to": []})
+    )
     (checkpoint / "training_args.bin").write_bytes(pickle.dumps({"learning_rate": 99}))  # a pickle: never loaded
     facts = read_trainer_state(path).facts
     assert facts.vocab_size == 32000
     assert facts.hyperparameters == {
-        "num_train_epochs": 3, "learning_rate": 2e-4, "max_grad_norm": 0.3, "lora_r": 16, "lora_alpha": 32,
+        "num_train_epochs": 3,
+        "learning_rate": 2e-4,
+        "max_grad_norm": 0.3,
+        "lora_r": 16,
+        "lora_alpha": 32,
         "lora_dropout": 0.05,
     }
 

@@ -40,8 +40,7 @@ def test_every_tensorboard_value_is_read():
     for run_dir in sorted(p for p in REALRUNS.glob("tfevents/*") if p.is_dir()):
         for report in trainwatch.analyze(run_dir):
             for folder in report.source.split(" + "):
-                accumulator = event_accumulator.EventAccumulator(
-                    folder, size_guidance={event_accumulator.SCALARS: 0})
+                accumulator = event_accumulator.EventAccumulator(folder, size_guidance={event_accumulator.SCALARS: 0})
                 accumulator.Reload()
                 tags = accumulator.Tags()["scalars"]
                 expected = sum(len(accumulator.Scalars(tag)) for tag in ("train/loss", "loss") if tag in tags)
@@ -49,8 +48,9 @@ def test_every_tensorboard_value_is_read():
 
 
 def test_the_whole_collection_in_one_command():
-    result = subprocess.run([sys.executable, "-m", "trainwatch", "analyze", str(REALRUNS)], capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainwatch", "analyze", str(REALRUNS)], capture_output=True, text=True, timeout=300
+    )
     assert result.returncode in (0, 1) and "Traceback" not in result.stderr
     # a directory walk finds event files and files named trainer_state.json (the collection's are numbered)
     assert result.stdout.count("curves:") == len([p for p in REALRUNS.glob("tfevents/*") if p.is_dir()])

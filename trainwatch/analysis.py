@@ -78,9 +78,14 @@ class RunReport:
     def to_dict(self) -> dict[str, Any]:
         series = {name: _series_dict(self.history[name]) for name in SIGNALS}
         return {
-            "source": self.source, "format": self.format, "verdict": self.verdict,
-            "diagnoses": [f.to_dict() for f in self.diagnoses], "notes": list(self.notes),
-            "entries": self.entries, "last_step": self.history.step, "signals": series,
+            "source": self.source,
+            "format": self.format,
+            "verdict": self.verdict,
+            "diagnoses": [f.to_dict() for f in self.diagnoses],
+            "notes": list(self.notes),
+            "entries": self.entries,
+            "last_step": self.history.step,
+            "signals": series,
             **({"error": self.error} if self.error else {}),
         }
 
@@ -179,12 +184,17 @@ def _tensorboard_sources(run_dirs: list[Path]) -> list[_Source]:
 
 def _chained(chain: list[tuple[Path, int | None]]) -> _Source:
     folders = [folder for folder, _ in chain]
-    source = _Source("tensorboard", [p for f in folders for p in event_files(f)], " + ".join(map(str, folders)),
-                     facts_dir=_output_dir_of(folders[0]))
+    source = _Source(
+        "tensorboard",
+        [p for f in folders for p in event_files(f)],
+        " + ".join(map(str, folders)),
+        facts_dir=_output_dir_of(folders[0]),
+    )
     if len(folders) > 1:
         starts = ", ".join(f"{f.name} from step {step}" for f, step in chain)
-        source.notes.append(f"{len(folders)} run directories continue each other (resumed training): {starts}; "
-                            "analysed as one run")
+        source.notes.append(
+            f"{len(folders)} run directories continue each other (resumed training): {starts}; " "analysed as one run"
+        )
     return source
 
 
@@ -263,8 +273,10 @@ def _missing_signals(history: History, other_tags: dict[str, int]) -> list[str]:
     """Say what could not be judged, so that "healthy" is never read as more than the logs allow."""
     if not any(history[name].count for name in SIGNALS):
         found = f"; scalar tags found: {', '.join(sorted(other_tags)[:8])}" if other_tags else ""
-        return [f"none of Trainer's signals (loss, grad_norm, learning_rate, eval_loss) were logged: nothing to "
-                f"judge{found}"]
+        return [
+            f"none of Trainer's signals (loss, grad_norm, learning_rate, eval_loss) were logged: nothing to "
+            f"judge{found}"
+        ]
     notes = []
     if not history["loss"].count:
         notes.append("no train loss logged: exploding and flat cannot be judged")
@@ -303,5 +315,7 @@ def _curves_of(log_history: list[dict[str, Any]]) -> Curves:
 
 
 def _series_dict(series: Any) -> dict[str, Any]:
-    data = {k: getattr(series, k) for k in ("count", "first", "last", "min", "min_step", "max", "max_step", "nonfinite")}
+    data = {
+        k: getattr(series, k) for k in ("count", "first", "last", "min", "min_step", "max", "max_step", "nonfinite")
+    }
     return {k: (str(v) if isinstance(v, float) and not np.isfinite(v) else v) for k, v in data.items()}

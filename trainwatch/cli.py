@@ -18,17 +18,26 @@ HEALTHY, FAILURE, BAD_INPUT = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="trainwatch", description="What is wrong with a fine-tuning run, why, and what to change.")
+    parser = argparse.ArgumentParser(
+        prog="trainwatch", description="What is wrong with a fine-tuning run, why, and what to change."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analyze = commands.add_parser(
         "analyze", help="diagnose a finished or crashed run from its logs",
-        description="Diagnose runs from TensorBoard event files or trainer_state.json, with the live callback's rules. "
-        "Exit 0: healthy, 1: a failure was diagnosed, 2: bad input.",
+        description="Diagnose runs from TensorBoard event files or trainer_state.json, with the live callback's "
+        "rules. Exit 0: healthy, 1: a failure was diagnosed, 2: bad input.",
     )
-    analyze.add_argument("path", help="event file, run directory, directory of runs, Trainer output dir, or trainer_state.json")
+    analyze.add_argument(
+        "path", help="event file, run directory, directory of runs, Trainer output dir, or trainer_state.json"
+    )
     analyze.add_argument("--json", action="store_true", help="print a JSON list with one object per run")
-    analyze.add_argument("--plot", metavar="FILE.png", help="draw loss, eval loss and grad norm with the diagnoses marked (several runs: FILE-1.png, FILE-2.png, ...)")
-    analyze.add_argument("--smoothing", type=_positive_int, default=3, help="train losses whose median is the smoothed level (default 3)")
+    analyze.add_argument(
+        "--plot", metavar="FILE.png",
+        help="draw loss, eval loss and grad norm with the diagnoses marked (several runs: FILE-1.png, FILE-2.png, ...)",
+    )
+    analyze.add_argument(
+        "--smoothing", type=_positive_int, default=3, help="train losses whose median is the smoothed level (default 3)"
+    )
     analyze.set_defaults(handler=_analyze)
     check = commands.add_parser(
         "check", help="run the pre-flight data checklist on a JSONL training set",
@@ -73,10 +82,13 @@ def _analyze(args: argparse.Namespace) -> int:
 
         written = plot_reports(reports, args.plot)
         print(f"plot: {', '.join(map(str, written))}", file=sys.stderr)
-    text = json.dumps([r.to_dict() for r in reports], indent=2, default=str) if args.json else "\n\n".join(r.format_text() for r in reports)
+    if args.json:
+        text = json.dumps([r.to_dict() for r in reports], indent=2, default=str)
+    else:
+        text = "\n\n".join(r.format_text() for r in reports)
     try:
         print(text, flush=True)
-    except BrokenPipeError:  # `trainwatch analyze ... | head`: the reader left, which is no reason to change the verdict
+    except BrokenPipeError:  # `trainwatch analyze ... | head`: the reader left, no reason to change the verdict
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush does not fail
     return FAILURE if any(r.failed for r in reports) else HEALTHY
 

@@ -58,9 +58,15 @@ def _plot(report: RunReport, out: Path) -> None:
         colour = KIND_COLOURS.get(finding.kind, "black")
         for ax in (loss_ax, grad_ax):
             ax.axvline(finding.step, color=colour, linestyle="--", linewidth=1.2)
-        loss_ax.annotate(f"{finding.kind} ({finding.cause})\nstep {finding.step}", xy=(finding.step, 0.5),
-                         xycoords=("data", "axes fraction"), xytext=(4, 0), textcoords="offset points",
-                         color=colour, fontsize=9)
+        loss_ax.annotate(
+            f"{finding.kind} ({finding.cause})\nstep {finding.step}",
+            xy=(finding.step, 0.5),
+            xycoords=("data", "axes fraction"),
+            xytext=(4, 0),
+            textcoords="offset points",
+            color=colour,
+            fontsize=9,
+        )
     loss_ax.set_ylabel("loss")
     grad_ax.set_ylabel("grad norm")
     grad_ax.set_xlabel("step")
@@ -78,7 +84,9 @@ def _plot(report: RunReport, out: Path) -> None:
         plt.close(fig)
 
 
-def _curve(ax: Any, curve: tuple[np.ndarray, np.ndarray] | None, label: str, colour: str, marker: str | None = None) -> None:
+def _curve(
+    ax: Any, curve: tuple[np.ndarray, np.ndarray] | None, label: str, colour: str, marker: str | None = None
+) -> None:
     if curve is None or not len(curve[0]):
         return
     steps, values = curve
@@ -86,8 +94,15 @@ def _curve(ax: Any, curve: tuple[np.ndarray, np.ndarray] | None, label: str, col
     if finite.any():
         ax.plot(steps[finite], values[finite], label=label, color=colour, linewidth=1, marker=marker, markersize=3)
     if not finite.all():
-        ax.scatter(steps[~finite], np.full((~finite).sum(), 0.97), transform=ax.get_xaxis_transform(), marker="x",
-                   color="red", label=f"{label}: NaN/inf", zorder=3)
+        ax.scatter(
+            steps[~finite],
+            np.full((~finite).sum(), 0.97),
+            transform=ax.get_xaxis_transform(),
+            marker="x",
+            color="red",
+            label=f"{label}: NaN/inf",
+            zorder=3,
+        )
 
 
 def _short(source: str, width: int = 90) -> str:

@@ -29,9 +29,15 @@ from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS
 
 SIGNALS = (LOSS, GRAD_NORM, LEARNING_RATE, EVAL_LOSS)
 SIGNAL_TAGS: dict[str, int] = {
-    "train/loss": 0, "train/grad_norm": 1, "train/learning_rate": 2, "eval/loss": 3,
+    "train/loss": 0,
+    "train/grad_norm": 1,
+    "train/learning_rate": 2,
+    "eval/loss": 3,
     # Trainer before it prefixed its tags (transformers < 4.2) wrote its log keys as they are.
-    "loss": 0, "grad_norm": 1, "learning_rate": 2, "eval_loss": 3,
+    "loss": 0,
+    "grad_norm": 1,
+    "learning_rate": 2,
+    "eval_loss": 3,
 }
 """Tags that carry Trainer's per-step signals, as indexes into :data:`SIGNALS`. ``train/train_loss`` is the mean
 over the whole run, logged once at the end: not a per-step loss, so deliberately absent."""
@@ -47,7 +53,20 @@ _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
 _SESSION_START = 1
 # tensorflow.DataType values of the numeric dtypes a scalar may have, with how tensor_content packs them.
-_CONTENT_FORMAT = {1: "<f", 2: "<d", 3: "<i", 4: "<B", 5: "<h", 6: "<b", 9: "<q", 10: "<?", 19: "<e", 17: "<H", 22: "<I", 23: "<Q"}
+_CONTENT_FORMAT = {
+    1: "<f",
+    2: "<d",
+    3: "<i",
+    4: "<B",
+    5: "<h",
+    6: "<b",
+    9: "<q",
+    10: "<?",
+    19: "<e",
+    17: "<H",
+    22: "<I",
+    23: "<Q",
+}
 _BFLOAT16 = 14
 
 
@@ -238,13 +257,19 @@ class FileStats:
         if self.records == 0 and not (self.bad_data_crc or self.undecodable):
             if self.unframed_from is None and not self.truncated_bytes:
                 return [f"{name}: empty event file"]
-            return [f"{name}: no valid record at its start: not a TensorBoard event file, or cut off or damaged "
-                    "before its first record was complete"]
+            return [
+                f"{name}: no valid record at its start: not a TensorBoard event file, or cut off or damaged "
+                "before its first record was complete"
+            ]
         notes = []
         if self.truncated_bytes:
-            notes.append(f"{name}: last record truncated ({self.truncated_bytes} bytes; the writer was stopped mid-write)")
+            notes.append(
+                f"{name}: last record truncated ({self.truncated_bytes} bytes; the writer was stopped mid-write)"
+            )
         if self.bad_data_crc:
-            notes.append(f"{name}: skipped {self.bad_data_crc} record(s) whose data CRC does not match (corrupted bytes)")
+            notes.append(
+                f"{name}: skipped {self.bad_data_crc} record(s) whose data CRC does not match (corrupted bytes)"
+            )
         if self.undecodable:
             notes.append(f"{name}: skipped {self.undecodable} record(s) that are not decodable Events")
         if self.unframed_from is not None:
@@ -346,8 +371,16 @@ def read_events(
 def _one_scalar_layout(layout: bytes, tag_names: dict[bytes, str], plugins: dict[str, str | None]) -> str | None:
     """The tag if ``layout`` is exactly ``summary{value{tag, simple_value}}`` (value bytes left out), else None."""
     size = len(layout) + 4  # the float's 4 bytes complete the message
-    if not (11 <= size < 130 and layout[0] == 0x2A and layout[1] == size - 2 and layout[2] == 0x0A
-            and layout[3] == size - 4 and layout[4] == 0x0A and layout[5] == size - 11 and layout[-1] == 0x15):
+    if not (
+        11 <= size < 130
+        and layout[0] == 0x2A
+        and layout[1] == size - 2
+        and layout[2] == 0x0A
+        and layout[3] == size - 4
+        and layout[4] == 0x0A
+        and layout[5] == size - 11
+        and layout[-1] == 0x15
+    ):
         return None
     tag_bytes = layout[6:-1]
     tag = tag_names.get(tag_bytes)
@@ -482,8 +515,10 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
                     dropped = run._drop(len(run.steps), step, range(len(SIGNALS)))
                     steps, signals, values = run.steps, run.signals, run.values
                     earlier = min(earlier, len(run.steps))
-                    run.notes.append(f"{path}: writer restarted (SessionLog.START) at step {step}; "
-                                     f"dropped {dropped} earlier value(s) at steps >= {step}, as TensorBoard does")
+                    run.notes.append(
+                        f"{path}: writer restarted (SessionLog.START) at step {step}; "
+                        f"dropped {dropped} earlier value(s) at steps >= {step}, as TensorBoard does"
+                    )
                     continue
                 signal = SIGNAL_TAGS.get(tag)  # type: ignore[arg-type]
                 if signal is None:
@@ -511,6 +546,8 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
         run.scalars += stats.scalars
         run.notes.extend(stats.notes())
     for path, step, dropped in replaced:
-        run.notes.append(f"{path} logs again from step {step} (a resume): it replaced {dropped} value(s) an earlier "
-                         "writer had logged at those steps")
+        run.notes.append(
+            f"{path} logs again from step {step} (a resume): it replaced {dropped} value(s) an earlier "
+            "writer had logged at those steps"
+        )
     return run

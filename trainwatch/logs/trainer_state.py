@@ -60,11 +60,15 @@ def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
     skipped = 0
     for entry in data["log_history"]:
         if isinstance(entry, dict) and _is_step(entry.get("step")):
-            state.log_history.append({k: v for k, v in entry.items() if k == "step" or _is_number(v) or k not in SIGNALS})
+            state.log_history.append(
+                {k: v for k, v in entry.items() if k == "step" or _is_number(v) or k not in SIGNALS}
+            )
         else:
             skipped += 1
     if skipped:
-        state.notes.append(f"{path}: skipped {skipped} log_history entr{'y' if skipped == 1 else 'ies'} without a valid step")
+        state.notes.append(
+            f"{path}: skipped {skipped} log_history entr{'y' if skipped == 1 else 'ies'} without a valid step"
+        )
     if not state.log_history:
         state.notes.append(f"{path}: log_history is empty (the run saved its state before its first log)")
     return state
@@ -103,7 +107,9 @@ def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Fac
 def latest_checkpoints(output_dir: Path) -> list[Path]:
     """The ``checkpoint-N`` directories of an output dir, latest (highest N) first."""
     try:
-        found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CHECKPOINT.fullmatch(p.name)) and p.is_dir()]
+        found = [
+            (int(m.group(1)), p) for p in output_dir.iterdir() if (m := _CHECKPOINT.fullmatch(p.name)) and p.is_dir()
+        ]
     except OSError:
         return []
     return [p for _, p in sorted(found, reverse=True)]
@@ -111,8 +117,11 @@ def latest_checkpoints(output_dir: Path) -> list[Path]:
 
 def hyperparameters_from_args(args: Mapping[str, Any]) -> dict[str, Any]:
     """The TrainingArguments fields the live callback keeps: plain numbers, strings and booleans."""
-    return {k: v for k, v in args.items() if isinstance(v, (int, float, str, bool)) and not (
-        isinstance(v, float) and math.isnan(v))}
+    return {
+        k: v
+        for k, v in args.items()
+        if isinstance(v, (int, float, str, bool)) and not (isinstance(v, float) and math.isnan(v))
+    }
 
 
 def lora_hyperparameters(adapter_config: Mapping[str, Any]) -> dict[str, Any]:
