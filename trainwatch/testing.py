@@ -120,7 +120,7 @@ SCENARIOS: dict[str, Scenario] = {
     "no_target_tokens": Scenario(("flat", "no_target_tokens"), {"learning_rate": 1e-3, "max_steps": 150}, masked_fraction=1.0),
     "zero_gradients": Scenario(("flat", "zero_gradients"), {"learning_rate": 1e-3, "max_steps": 150}, zero_lora_scale=True),
     "overfitting": Scenario(
-        ("overfitting", None), {"learning_rate": 5e-3, "num_train_epochs": 100, "eval_steps": 10}, train_size=8
+        ("overfitting", None), {"learning_rate": 5e-3, "num_train_epochs": 200, "eval_steps": 10}, train_size=8
     ),
 }
 
