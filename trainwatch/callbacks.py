@@ -33,7 +33,7 @@ from trainwatch.report import format_finding, to_json, write_json_atomic
 
 logger = logging.getLogger("trainwatch")
 Hook = TypeVar("Hook", bound=Callable[..., Any])
-REPORT_FILE = Path("trainwatch") / "diagnosis.json"
+REPORT_DIR = "trainwatch"
 
 
 def _contained(hook: Hook) -> Hook:
@@ -59,19 +59,23 @@ class DiagnosisCallback(TrainerCallback):
         stop_on: failure kinds ("exploding", "flat", "overfitting") that stop training when decided. Stopping
             never deletes a checkpoint; the report names the checkpoint to go back to.
         report: print each finding when decided (world process zero), write ``<output_dir>/trainwatch/
-            diagnosis.json``, and add the report to TensorBoard when it is among ``report_to``.
+            diagnosis.json`` (``diagnosis-<kind>.json`` for a single-concern detector, so that several
+            trainwatch callbacks never overwrite each other's report), and add the report to TensorBoard when it is
+            among ``report_to``.
         smoothing: train losses whose median makes the smoothed level the rules compare.
         preflight: run the pre-flight checklist (:mod:`trainwatch.preflight`) at the start, at step 1 and at step
             ``early_loss_step``; its items go into the report and ``diagnosis.json``. A train set in which no
             example has a target token fails the checklist before the first step; with "flat" in ``stop_on`` it
             is decided "flat" there and training stops (Trainer reads the stop flag after its first step only).
         early_loss_step: the step at which the loss must be lower than at the start.
-        **thresholds: the rules' thresholds by name: ``max_loss``, ``rise_factor`` (exploding);
-            ``patience_steps``, ``tolerance``, ``confirm_steps`` (flat); ``train_below``, ``val_above``,
-            ``rising_evals``, ``min_rise`` (overfitting). See :mod:`trainwatch.rules` for their meaning.
+        **thresholds: the rules' thresholds by name: ``max_loss``, ``rise_factor``, ``uniform_margin``
+            (exploding); ``patience_steps``, ``min_logs``, ``tolerance``, ``confirm_steps``, ``confirm_logs``
+            (flat); ``train_below``, ``val_above``, ``rising_evals``, ``min_rise`` (overfitting). See
+            :mod:`trainwatch.rules` for their meaning and defaults; an unknown name is a TypeError.
     """
 
     kinds: tuple[str, ...] = KINDS
+    report_name = "diagnosis"
 
     def __init__(
         self,
@@ -186,7 +190,7 @@ class DiagnosisCallback(TrainerCallback):
         data = to_json(self.engine.findings, source="live", step=state.global_step, stopped_by=stopped, checkpoints_to_keep=keep)
         if self.preflight:
             data["preflight"] = {**self._run_facts, "checks": [c.to_dict() for c in self.checks]}
-        return write_json_atomic(Path(self._output_dir or ".") / REPORT_FILE, data)
+        return write_json_atomic(Path(self._output_dir or ".") / REPORT_DIR / f"{self.report_name}.json", data)
 
     def _write_tensorboard(self, state: TrainerState) -> None:
         if not self._tensorboard_dir:
@@ -197,7 +201,7 @@ class DiagnosisCallback(TrainerCallback):
         if self.checks:
             text += "\n\n" + checklist.format_checks(self.checks).replace("\n", "  \n")
         with SummaryWriter(log_dir=self._tensorboard_dir, filename_suffix=".trainwatch") as writer:
-            writer.add_text("trainwatch/diagnosis", f"**verdict: {self.verdict}**  \n\n{text}", state.global_step)
+            writer.add_text(f"trainwatch/{self.report_name}", f"**verdict: {self.verdict}**  \n\n{text}", state.global_step)
 
     # -- resume -----------------------------------------------------------------------------------------------------
     def _resume(self, state: TrainerState, facts: Facts) -> None:
@@ -264,21 +268,26 @@ class Diagnoser(DiagnosisCallback):
 
 
 class ExplodingLossDetector(DiagnosisCallback):
-    """Watches for NaN/inf, loss spikes and sharp rises only (thresholds ``max_loss``, ``rise_factor``)."""
+    """Watches for NaN/inf, loss spikes and sustained rises only (``max_loss``, ``rise_factor``,
+    ``uniform_margin``)."""
 
     kinds = (EXPLODING,)
+    report_name = f"diagnosis-{EXPLODING}"
 
 
 class FlatLossDetector(DiagnosisCallback):
-    """Watches for a run that does not learn only (``patience_steps``, ``tolerance``, ``confirm_steps``)."""
+    """Watches for a run that does not learn only (``patience_steps``, ``min_logs``, ``tolerance``, ``confirm_steps``,
+    ``confirm_logs``)."""
 
     kinds = (FLAT,)
+    report_name = f"diagnosis-{FLAT}"
 
 
 class OverfittingDetector(DiagnosisCallback):
     """Watches the train/eval pair only (``train_below``, ``val_above``, ``rising_evals``, ``min_rise``)."""
 
     kinds = (OVERFITTING,)
+    report_name = f"diagnosis-{OVERFITTING}"
 
 
 # -- reading the run's facts ----------------------------------------------------------------------------------------
