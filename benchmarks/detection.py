@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         jobs = [(v, arch, seed) for v in variants() for arch in ("llama", "gpt2") for seed in (0, 1, 2)]
     log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     log(f"training {len(jobs)} labelled runs on {args.workers} worker(s)...")
+    import trainwatch.testing  # noqa: F401 - imported once here, so forked workers start with it loaded
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         runs = list(pool.map(_worker, jobs))
     for run in runs:

@@ -15,7 +15,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize(
     ("script", "expected"),
     [
-        ("detection.py", ["| exploding | trainwatch Diagnoser |", "live Diagnoser findings == Engine replay"]),
+        ("detection.py", ["| exploding | trainwatch Diagnoser() (flags) |", "live Diagnoser findings == Engine replay"]),
         ("overhead.py", ["| wall |", "| CPU |", "one Diagnoser.on_log call in isolation"]),
         ("memory.py", ["| 10,000 |", "ratio last/first segment", "trainwatch.analyze"]),
     ],
