@@ -56,18 +56,18 @@ def test_resumed_healthy_run_stays_healthy(tmp_path: Path) -> None:
 REALRUNS = Path(__file__).resolve().parents[2] / "shared" / "realruns" / "trainer_state"
 
 
-@pytest.mark.skipif(not REALRUNS.is_dir(), reason="shared/realruns not present")
-@pytest.mark.parametrize("name", ["005.json", "018.json", "066.json"])
-def test_real_runs_resumed_mid_way_keep_their_verdict(tmp_path: Path, name: str) -> None:
-    """Real logs whose second half alone looks flat or exploding: a history reset at the resume step would cry wolf."""
-    logs = [e for e in json.loads((REALRUNS / name).read_text())["log_history"] if isinstance(e.get("step"), int)]
+def _decided(findings) -> list[tuple[str, str, int]]:
+    return [(f.kind, f.cause, f.step) for f in findings]
+
+
+def _resumed_mid_way(logs: list[dict], tmp_path: Path) -> tuple[list, list, list]:
+    """(uninterrupted, Diagnoser resumed at the middle train step, history reset at that step) decisions."""
     train_steps = [e["step"] for e in logs if "loss" in e]
     resume_step = train_steps[len(train_steps) // 2]
     whole = Engine(build_rules()).replay((e["step"], e) for e in logs)
     tail_only = Engine(build_rules()).replay((e["step"], e) for e in logs if e["step"] > resume_step)
-    assert whole.findings == [] and tail_only.findings != []  # the hazard is real for this run
 
-    diagnoser = Diagnoser(stop_on=("flat", "exploding"), preflight=False, report=False)
+    diagnoser = Diagnoser(preflight=False, report=False)
     state = TrainerState(global_step=resume_step, log_history=[e for e in logs if e["step"] <= resume_step])
     control = TrainerControl()
     args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
@@ -75,7 +75,23 @@ def test_real_runs_resumed_mid_way_keep_their_verdict(tmp_path: Path, name: str)
     for entry in (e for e in logs if e["step"] > resume_step):
         state.global_step = entry["step"]
         diagnoser.on_log(args, state, control, logs={k: v for k, v in entry.items() if k != "step"})
-    assert diagnoser.diagnoses == [] and not control.should_training_stop and not diagnoser.disabled
+    assert not diagnoser.disabled
+    return _decided(whole.findings), _decided(diagnoser.diagnoses), _decided(tail_only.findings)
+
+
+@pytest.mark.skipif(not REALRUNS.is_dir(), reason="shared/realruns not present")
+def test_real_runs_resumed_mid_way_keep_their_verdict(tmp_path: Path) -> None:
+    """Every real log resumed at its middle step decides what the uninterrupted run decided; many of them, seen
+    only from the resume step on (a history reset there), would cry wolf or miss what happened before."""
+    hazards = 0
+    for path in sorted(REALRUNS.glob("*.json")):
+        logs = [e for e in json.loads(path.read_text())["log_history"] if isinstance(e.get("step"), int)]
+        if sum("loss" in e for e in logs) < 20:
+            continue
+        whole, resumed, tail_only = _resumed_mid_way(logs, tmp_path)
+        assert resumed == whole, path.name
+        hazards += tail_only != whole
+    assert hazards >= 5  # the reset-history hazard is real on real runs, not a thought experiment
 
 
 def test_same_instance_resumed_from_an_earlier_checkpoint_forgets_the_abandoned_steps(tmp_path: Path) -> None:
