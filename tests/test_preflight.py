@@ -115,9 +115,9 @@ def test_argument_checks(tmp_path: Path) -> None:
     assert pf.check_memory(None, None).status == pf.SKIP
     assert pf.check_memory(70 * 2**30, 80 * 2**30).status == pf.PASS
     assert pf.check_memory(75 * 2**30, 80 * 2**30).status == pf.WARN
-    assert pf.check_early_loss(4.0, 10, 3.5).status == pf.PASS
-    assert pf.check_early_loss(4.0, 10, 4.1).status == pf.WARN
-    assert pf.check_early_loss(4.0, 10, float("nan")).status == pf.FAIL
+    assert pf.check_early_loss(4.0, 1, 3.5, 10).detail == "4 at step 1 → 3.5 at step 10"
+    assert pf.check_early_loss(4.0, 1, 4.1, 10).status == pf.WARN
+    assert pf.check_early_loss(4.0, 1, float("nan"), 10).status == pf.FAIL
     assert pf.effective_batch_size(_args(tmp_path, per_device_train_batch_size=4, gradient_accumulation_steps=8)) == 32
 
 
@@ -172,7 +172,15 @@ def test_flat_start_is_reported_at_step_10(tmp_path: Path) -> None:
     diagnoser = Diagnoser()
     tiny_trainer("lr_too_low", str(tmp_path), callbacks=[diagnoser], max_steps=12).train()
     [early] = [c for c in diagnoser.checks if c.name == pf.EARLY_LOSS]
-    assert early.status == pf.WARN and "step 10" in early.detail
+    assert early.status == pf.WARN and early.detail.startswith("4.159 at step 1, ") and "at step 10" in early.detail
+
+
+def test_early_loss_waits_for_a_second_log(tmp_path: Path) -> None:
+    """With logging_steps=10 the first loss is logged at step 10: it is compared with the next one, not itself."""
+    diagnoser = Diagnoser()
+    tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], max_steps=20, logging_steps=10, report_to=[]).train()
+    [early] = [c for c in diagnoser.checks if c.name == pf.EARLY_LOSS]
+    assert early.status == pf.PASS and " at step 10 → " in early.detail and early.detail.endswith("at step 20")
 
 
 def test_preflight_leaves_the_run_unchanged(tmp_path: Path) -> None:

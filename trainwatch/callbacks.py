@@ -143,11 +143,10 @@ class DiagnosisCallback(TrainerCallback):
         for finding in self.engine.observe(state.global_step, logs or {}):
             self._act(finding, state, control)
         early = self.preflight and self._begin_step < self.early_loss_step <= state.global_step
-        if early and LOSS in (logs or {}) and not any(c.name == checklist.EARLY_LOSS for c in self.checks):
-            history = self.engine.history
-            if history.loss_start is not None:
-                start, level = history.loss_start, history.loss_level if history.loss_level is not None else float(logs[LOSS])
-                self._add_checks(state, [checklist.check_early_loss(start, state.global_step, level)])
+        loss = self.engine.history[LOSS]
+        if early and LOSS in (logs or {}) and loss.count >= 2 and not any(c.name == checklist.EARLY_LOSS for c in self.checks):
+            level = self.engine.history.loss_level if self.engine.history.loss_level is not None else loss.last
+            self._add_checks(state, [checklist.check_early_loss(loss.first, loss.first_step, level, state.global_step)])
 
     @_contained
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:

@@ -255,14 +255,18 @@ def check_memory(used_bytes: int | None, total_bytes: int | None, *, limit: floa
                  "gradient_checkpointing: the longest batch has not come yet")
 
 
-def check_early_loss(start: float, step: int, level: float) -> Check:
-    """The loss has gone down by step 10: if not, something is wrong long before a rule can say what."""
+def check_early_loss(start: float, start_step: int, level: float, step: int) -> Check:
+    """The loss has gone down by step 10: if not, something is wrong long before a rule can say what.
+
+    ``start`` is the first logged loss, ``level`` the smoothed loss at the first log from step 10 on (later when
+    the first log is itself at step 10 or after: there is nothing to compare before the second one).
+    """
+    seen = f"{start:.4g} at step {start_step}, {level:.4g} at step {step}"
     if not (math.isfinite(start) and math.isfinite(level)):
-        return Check(EARLY_LOSS, FAIL, f"the loss is not finite (start {start}, step {step} {level})",
-                     "see the exploding / flat diagnosis for the cause")
+        return Check(EARLY_LOSS, FAIL, f"the loss is not finite ({seen})", "see the exploding / flat diagnosis for the cause")
     if level < start:
-        return Check(EARLY_LOSS, PASS, f"{start:.4g} at the start → {level:.4g} at step {step}")
-    return Check(EARLY_LOSS, WARN, f"{start:.4g} at the start, {level:.4g} at step {step}: not lower",
+        return Check(EARLY_LOSS, PASS, seen.replace(", ", " → "))
+    return Check(EARLY_LOSS, WARN, f"{seen}: not lower",
                  "check the learning rate (and warmup) and the labels before the run goes on")
 
 
