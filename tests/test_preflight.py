@@ -239,3 +239,14 @@ def test_check_command_bad_input_is_one_line(tmp_path: Path) -> None:
     for result in (missing, no_model):
         assert result.returncode == 2 and result.stdout == ""
         assert result.stderr.startswith("trainwatch: error: ") and result.stderr.count("\n") == 1
+
+
+def test_live_truncation_count_with_the_pipelines_max_length(tmp_path: Path) -> None:
+    diagnoser = Diagnoser(max_seq_length=16)
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], max_steps=2, report_to=[])
+    trainer.train_dataset = PaddedResponses([4] * 6 + [12] * 3 + [16] * 2, response_length=6, window=16)
+    trainer.train()
+    checks = {c.name: c for c in diagnoser.checks}
+    # The EOS that marks a whole response comes from the model's config (Llama: 2), as no tokenizer was given.
+    assert checks["max sequence length"].status == pf.WARN and checks["max sequence length"].detail.startswith("5 of 11")
+    assert checks["examples without targets"].status == pf.WARN

@@ -68,6 +68,9 @@ class DiagnosisCallback(TrainerCallback):
             example has a target token fails the checklist before the first step; with "flat" in ``stop_on`` it
             is decided "flat" there and training stops (Trainer reads the stop flag after its first step only).
         early_loss_step: the step at which the loss must be lower than at the start.
+        max_seq_length: the length your data pipeline cut examples to, for the pre-flight's count of responses
+            truncated away (read from the arguments' ``max_length``/``max_seq_length``, as TRL's ``SFTConfig``
+            has them, when not given; unknown: that item is skipped).
         **thresholds: the rules' thresholds by name: ``max_loss``, ``rise_factor``, ``uniform_margin``
             (exploding); ``patience_steps``, ``min_logs``, ``tolerance``, ``confirm_steps``, ``confirm_logs``
             (flat); ``train_below``, ``val_above``, ``rising_evals``, ``min_rise`` (overfitting). See
@@ -85,6 +88,7 @@ class DiagnosisCallback(TrainerCallback):
         smoothing: int = 3,
         preflight: bool = True,
         early_loss_step: int = 10,
+        max_seq_length: int | None = None,
         **thresholds: Any,
     ) -> None:
         self.stop_on = tuple(stop_on)
@@ -96,6 +100,7 @@ class DiagnosisCallback(TrainerCallback):
         self.smoothing = smoothing
         self.preflight = preflight
         self.early_loss_step = early_loss_step
+        self.max_seq_length = max_seq_length
         self.engine = Engine(build_rules(self.kinds, **thresholds), smoothing=smoothing)
         self.checks: list[checklist.Check] = []
         """The pre-flight checklist so far (items at step 1 and ``early_loss_step`` join when known)."""
@@ -224,7 +229,8 @@ class DiagnosisCallback(TrainerCallback):
         """The checklist items known before the first step; stops at once on a train set without a single target."""
         total, per_epoch = state.max_steps, _steps_per_epoch(state, args, hooks.get("train_dataloader"))
         self._run_facts = {"effective_batch_size": checklist.effective_batch_size(args), "expected_total_steps": total}
-        with_targets, count, data_checks = _inspect_data(args, model, hooks)
+        max_length = self.max_seq_length or getattr(args, "max_length", None) or getattr(args, "max_seq_length", None)
+        with_targets, count, data_checks = _inspect_data(args, model, hooks, max_length)
         checks = [
             *data_checks,
             checklist.check_precision(args, cuda=_on_cuda(args), bf16_supported=_bf16_supported(args)),
@@ -325,7 +331,7 @@ def _checkpoint_steps(output_dir: str | None) -> list[int]:
 
 # -- what the pre-flight reads from the run -------------------------------------------------------------------------
 def _inspect_data(
-    args: TrainingArguments, model: Any, hooks: dict[str, Any]
+    args: TrainingArguments, model: Any, hooks: dict[str, Any], max_length: int | None
 ) -> tuple[int, checklist.TargetCount | None, list[checklist.Check]]:
     """Count target tokens by collating the train set's own examples, with every random state left as it was.
 
@@ -337,7 +343,6 @@ def _inspect_data(
     import torch
 
     loader = hooks.get("train_dataloader")
-    max_length = getattr(args, "max_length", None) or getattr(args, "max_seq_length", None)
     count, problem = None, ""
     python_state, numpy_state = random.getstate(), _numpy_state()
     try:
