@@ -100,9 +100,8 @@ class ScriptArguments:
         metadata={"help": "evaluation JSONL (default: the shipped eval set with the shipped data, else 10%% of --data)"},
     )
     max_seq_length: int = _lesson(128, "tokens per example; longer ones are cut and counted")
-    max_examples: int | None = field(
-        default=None, metadata={"help": "use only this many training examples (and a quarter as many for evaluation)"}
-    )
+    max_examples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
+    max_eval_examples: int | None = field(default=None, metadata={"help": "use only the first N evaluation examples"})
     evals_per_epoch: int = _lesson(4, "evaluations per epoch, unless --eval_steps is given")
     lora_r: int = _lesson(8, "LoRA rank")
     lora_alpha: int = _lesson(16, "LoRA alpha (the update is scaled by alpha / r)")
@@ -119,8 +118,8 @@ class ScriptArguments:
     scenario: str | None = field(
         default=None,
         metadata={
-            "help": "reproduce a failure by changing only what a user gets wrong: exploding (learning rate 100x "
-            "too high, no clipping), flat (learning rate 1000x too low), overfitting (32 examples, 60 epochs)",
+            "help": "reproduce a failure by changing only what a user gets wrong: exploding (learning rate 5000x, i.e. 1.0, "
+            "too high, no clipping), flat (learning rate 1000x too low), overfitting (32 examples, 100 epochs, learning rate 10x)",
             "choices": SCENARIOS,
         },
     )
@@ -136,11 +135,11 @@ class ScriptArguments:
 def apply_scenario(script: ScriptArguments, args: TrainingArguments) -> None:
     """Change only what a user would get wrong, so the Diagnoser meets each failure on the otherwise sound run."""
     if script.scenario == "exploding":
-        args.learning_rate, args.max_grad_norm = args.learning_rate * 100, 0.0
+        args.learning_rate, args.max_grad_norm = args.learning_rate * 5000, 0.0
     elif script.scenario == "flat":
         args.learning_rate = args.learning_rate / 1000
     elif script.scenario == "overfitting":
-        script.max_examples, args.num_train_epochs = 32, 60.0
+        script.max_examples, args.num_train_epochs, args.learning_rate = 32, 100.0, args.learning_rate * 10
 
 
 # -- parse ----------------------------------------------------------------------------------------------------------
@@ -198,8 +197,7 @@ def load_data(script: ScriptArguments, tokenizer: Any) -> tuple[InstructionDatas
             train, evaluation = train[held_out:], train[:held_out]
     except DataError as error:
         fail(str(error))
-    if script.max_examples:
-        train, evaluation = train[: script.max_examples], evaluation[: max(8, script.max_examples // 4)]
+    train, evaluation = train[: script.max_examples], evaluation[: script.max_eval_examples]
     if not train:
         fail(f"{script.data}: too few examples to hold out an evaluation set")
     datasets = [
@@ -277,22 +275,20 @@ def load_model(script: ScriptArguments, args: TrainingArguments) -> Any:
 
 # -- trainer --------------------------------------------------------------------------------------------------------
 def adapt_to_hardware(args: TrainingArguments) -> None:
-    """Paged optimizers page their state through CUDA unified memory; on a CPU the plain AdamW is the same maths."""
-    if torch.cuda.is_available():
-        return
-    if str(args.optim).startswith("paged_"):
-        print(f"no CUDA device: optimizer {args.optim} → adamw_torch (paging needs a GPU; the update is the same)")
-        args.optim = OptimizerNames.ADAMW_TORCH
-    args.dataloader_pin_memory = False  # pinned memory only speeds up copies to a GPU
+    """CPU-only settings. (A paged optimizer needs none: bitsandbytes itself falls back to the same optimizer,
+    unpaged, on a CPU, with a warning.)"""
+    if not torch.cuda.is_available():
+        args.dataloader_pin_memory = False  # pinned memory only speeds up copies to a GPU
 
 
 def schedule_evaluations(script: ScriptArguments, args: TrainingArguments, train_size: int) -> None:
-    """Evaluate (and save, so the best checkpoint can be loaded at the end) several times per epoch."""
+    """Evaluate (and save, so the best checkpoint can be loaded at the end) several times per epoch, but not more
+    often than the train loss is logged: each evaluation is judged against the train loss of the same moment."""
     if getattr(script, "user_eval_steps", False) or args.eval_strategy != IntervalStrategy.STEPS:
         return
     steps_per_epoch = max(1, train_size // effective_batch_size(args))
     total = args.max_steps if args.max_steps > 0 else steps_per_epoch
-    args.eval_steps = max(1, min(steps_per_epoch, total) // script.evals_per_epoch)
+    args.eval_steps = max(int(args.logging_steps), min(steps_per_epoch, total) // script.evals_per_epoch, 1)
     if args.save_strategy == SaveStrategy.STEPS:
         args.save_steps = args.eval_steps
 
@@ -371,7 +367,7 @@ def report(outcome: Outcome, args: TrainingArguments) -> None:
         notes.append(f"eval loss {evals[0]:.4g} → {evals[-1]:.4g} ({drop:.0%} lower) over {len(evals)} evaluations")
     if outcome.stopped_by:
         notes.append(f"stopped early by the Diagnoser: {outcome.stopped_by}; checkpoints were kept")
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and not args.use_cpu:
         notes.append(f"peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
     title = f"trainwatch ({outcome.steps} steps, {args.output_dir})"
     print(format_report(outcome.diagnoser.diagnoses, title=title, notes=notes))
