@@ -50,7 +50,7 @@ def test_chat_messages_learn_only_the_last_assistant_turn(tokenizer, tmp_path):
     record = {"messages": [{"role": "user", "content": "Reverse the word cat."}, {"role": "assistant", "content": "tac"}]}
     [example] = load_examples(write(tmp_path, [json.dumps(record)]))
     encoded = encode(example, tokenizer, max_length=128)
-    assert tokenizer.decode([t for t, l in zip(encoded.input_ids, encoded.labels) if l != IGNORE_INDEX][:-1]) == "tac"
+    assert tokenizer.decode([t for t, label in zip(encoded.input_ids, encoded.labels) if label != IGNORE_INDEX][:-1]) == "tac"
 
 
 def test_cut_responses_are_counted_and_empty_ones_dropped(tokenizer, tmp_path):

@@ -162,7 +162,9 @@ def parse(argv: list[str] | None = None) -> tuple[ScriptArguments, QLoRATraining
         prog="python -m trainwatch.train",
         usage="%(prog)s [--model M] [--data FILE.jsonl] [--scenario S | --sweep] [any TrainingArguments field as --name value]",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description=__doc__.split("\n\n")[0] + " " + __doc__.split("\n\n")[1],
+        description="The reference QLoRA run with trainwatch's Diagnoser attached. With no flags: the tiny model and\n"
+        "instruction set shipped in trainwatch/assets, offline, a few minutes on a CPU. Point --model at a hub id or\n"
+        "a local checkpoint and --data at your JSONL to run the same textbook configuration on your own.",
         epilog="examples:\n"
         "  python -m trainwatch.train                          # the embedded run: healthy, a few minutes on a CPU\n"
         "  python -m trainwatch.train --scenario exploding     # watch the Diagnoser stop a failing run\n"
@@ -307,7 +309,7 @@ def build_trainer(script: ScriptArguments, args: TrainingArguments, tokenizer: A
     train, evaluation = load_data(script, tokenizer)
     adapt_to_hardware(args)
     schedule_evaluations(script, args, len(train))
-    diagnoser = Diagnoser(stop_on=script.stop_on)
+    diagnoser = Diagnoser(stop_on=script.stop_on, max_seq_length=script.max_seq_length)
     trainer = Trainer(
         model=load_model(script, args),
         args=args,
