@@ -12,7 +12,7 @@ each in a fresh interpreter, checks each read every value, and prints scalars/s 
 reader's baseline after imports, from the kernel's high-water mark; Linux only) with the ratios. Finally it times
 ``trainwatch analyze`` end to end (a subprocess, wall clock).
 
-Usage: ``nice python benchmarks/read_tensorboard.py [--dir /tmp/trainwatch-bench] [--steps 250000] [--repeat 3]``
+Usage: ``nice python benchmarks/read_tensorboard.py [--dir DIR] [--steps 250000] [--repeat 3] [--quick]``
 """
 
 from __future__ import annotations
@@ -131,10 +131,14 @@ def warm_imports(reader: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, default=Path("/tmp/trainwatch-bench"))
+    parser.add_argument("--dir", type=Path, help="where the log is cached (default /tmp/trainwatch-bench-STEPS)")
     parser.add_argument("--steps", type=int, default=250_000)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; the median is reported")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 2 500 steps, one round")
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.repeat = 2_500, 1
+    args.dir = args.dir or Path(f"/tmp/trainwatch-bench-{args.steps}")
     args.dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     write_log(args.dir, args.steps)
