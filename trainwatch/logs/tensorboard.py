@@ -508,8 +508,6 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
         stats = FileStats(path)
         earlier = len(run.steps)
         seen_train = seen_eval = False
-        last_loss_step: int | None = None
-        backwards: list[tuple[int, int]] = []  # (from, to) where the loss's step went back with no restart marker
         steps, signals, values = run.steps, run.signals, run.values
         try:
             for step, tag, value in read_events(path, stats, plugins, run.texts):
@@ -517,7 +515,6 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
                     dropped = run._drop(len(run.steps), step, range(len(SIGNALS)))
                     steps, signals, values = run.steps, run.signals, run.values
                     earlier = min(earlier, len(run.steps))
-                    last_loss_step = None
                     if dropped:  # TF writers mark every session's start: only a restart that replaces is news
                         run.notes.append(
                             f"{path}: writer restarted (SessionLog.START) at step {step}; "
@@ -541,10 +538,6 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
                     seen_eval = True
                 else:
                     seen_train = True
-                if signal == 0:
-                    if last_loss_step is not None and step < last_loss_step:
-                        backwards.append((last_loss_step, step))
-                    last_loss_step = step
                 steps.append(step)
                 signals.append(signal)
                 values.append(value)
@@ -553,11 +546,7 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
         run.records += stats.records
         run.scalars += stats.scalars
         run.notes.extend(stats.notes())
-        if backwards:
-            run.notes.append(
-                f"{path}: the train loss's step goes back {len(backwards)} time(s) (first from {backwards[0][0]} to "
-                f"{backwards[0][1]}) with no restart marker; values kept in write order, as TensorBoard does"
-            )
+
     for path, step, dropped in replaced:
         run.notes.append(
             f"{path} logs again from step {step} (a resume): it replaced {dropped} value(s) an earlier "
