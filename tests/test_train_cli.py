@@ -30,7 +30,7 @@ def diagnosis(output_dir: Path) -> dict:
 
 def test_reduced_default_run_is_healthy_and_says_so(tmp_path):
     out = tmp_path / "run"
-    result = train("--output_dir", str(out), "--max_examples", "160", "--max_eval_examples", "32", cwd=tmp_path)
+    result = train("--output_dir", str(out), "--max_examples", "160", "--max_eval_examples", "16", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "effective batch size 16 (per device 4 × accumulation 4 × devices 1)" in result.stdout
     assert "expected total steps 30 (160 examples // 16 × 3 epochs)" in result.stdout
@@ -92,23 +92,38 @@ def test_short_sweep_ranks_trials_and_names_the_best(tmp_path):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--no_such_flag", "1"], "unrecognized|not used"),
-        (["--learning_rate", "fast"], "invalid float value"),
-        (["--scenario", "melting"], "invalid choice"),
-        (["--stop_on", "boredom"], "unknown kind"),
+        (["--no_such_flag", "1"], "not used by the HfArgumentParser"),
         (["--data", "missing.jsonl"], "missing.jsonl does not exist"),
         (["--data", "bad.jsonl"], r"bad.jsonl:2: not valid JSON"),
-        (["--data", "fields.jsonl"], r"fields.jsonl:1: needs string fields"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, flags, message):
     (tmp_path / "bad.jsonl").write_text('{"instruction": "a", "response": "b"}\n{"instruction": \n')
-    (tmp_path / "fields.jsonl").write_text('{"prompt": "a", "completion": "b"}\n')
     result = train(*flags, "--output_dir", str(tmp_path / "out"), cwd=tmp_path, timeout=120)
     assert result.returncode == 2
+    assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert re.search(message, errors[0]), errors[0]
+    assert len(errors) == 1 and re.search(message, errors[0]), result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--learning_rate", "fast"], "invalid float value"),
+        (["--scenario", "melting"], "invalid choice"),
+        (["--stop_on", "boredom"], "unknown kind"),
+        (["--eval_steps", "2.5"], "--eval_steps must be an integer"),
+    ],
+)
+def test_flag_errors_are_one_line_exit_2_in_process(capsys, flags, message):
+    """The same parser as the command, without paying a process start per case."""
+    from trainwatch.train import parse
+
+    with pytest.raises(SystemExit) as stopped:
+        parse([*flags, "--output_dir", "unused"])
+    assert stopped.value.code == 2
+    stderr = capsys.readouterr().err.strip()
+    assert len(stderr.splitlines()) == 1 and re.search(message, stderr), stderr
 
 
 def test_help_explains_the_run(tmp_path):
