@@ -10,15 +10,16 @@ other peers are then run on the recorded series (see :mod:`peers`). The live Dia
 equal a replay of the run's ``log_history`` through ``Engine``: same series, same verdict.
 
 Each run evaluates (every ``eval_steps``; 25 where the scenario sets none) so that EarlyStoppingCallback can work.
-Onset of each failure, from which the delay is counted: exploding, the first step whose raw loss is non-finite or
-above the first step's loss; flat, step 0 (these runs never learn and have no warmup); overfitting, the step of the
-best eval loss of the whole run. Compute saved is ``max_steps - detection step``, summed over a class's caught runs,
+Onset of each failure, from which the delay is counted: exploding with cause non_finite, the first step whose raw
+loss is NaN/inf; other explosions, the first step whose raw loss is above the first step's loss; flat, step 0 (these
+runs never learn and have no warmup); overfitting, the step of the best eval loss of the whole run. Compute saved is ``max_steps - detection step``, summed over a class's caught runs,
 as a share of the class's total steps, assuming each flag stops the run (trainwatch: ``stop_on`` the kind).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -135,10 +136,12 @@ def detections(run: dict[str, Any]) -> dict[str, int | None]:
 
 def onset(run: dict[str, Any]) -> int | None:
     kind = run["expected"][0]
+    if kind == EXPLODING and run["expected"][1] == "non_finite":
+        return first_non_finite_step(run["batch_losses"])
     if kind == EXPLODING:
         losses = run["batch_losses"]
         start = losses[0][1]
-        return next((s for s, v in losses if not v == v or v in (float("inf"), float("-inf")) or v > start), None)
+        return next((s for s, v in losses if not math.isfinite(v) or v > start), None)
     if kind == FLAT:
         return 0
     if kind == OVERFITTING:
