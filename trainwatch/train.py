@@ -227,9 +227,10 @@ def keep_4bit_layers_trainable_on_cpu(model: torch.nn.Module) -> int:
 
     On CPUs with AVX512-BF16, bitsandbytes (0.48+) repacks a ``Linear4bit`` weight, in place and for good, into a
     layout for its fast inference kernel the first time the layer runs in eval mode without grad - which is what
-    every evaluation does. That kernel has no backward, so from the first evaluation on no gradient reaches the
-    adapters: the grad norm is exactly 0.0 and the run silently stops learning. The repacking is gated on the
-    layer's ``support_avx512bf16_for_cpu`` flag; clearing it keeps the weights in the trainable layout.
+    every evaluation does. That kernel has no backward (torch only warns that no autograd kernel is registered), so
+    from the first evaluation on the backward pass through the base is silently wrong; on AVX512-BF16 CPUs it is
+    reported to leave every gradient at exactly 0.0. The repacking is gated on the layer's
+    ``support_avx512bf16_for_cpu`` flag; clearing it keeps the weights in the trainable layout.
     """
     import bitsandbytes as bnb
 
