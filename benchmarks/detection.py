@@ -1,7 +1,7 @@
 """Detection vs peers: which tool stops (or flags) which failing run, how early, and which healthy run it wrongly stops.
 
     python benchmarks/detection.py            # full set: every scenario x 3 seeds x 2 archs (a few minutes)
-    python benchmarks/detection.py --quick    # one run each of healthy, exploding, overfitting (smoke test)
+    python benchmarks/detection.py --quick    # one run each of healthy, exploding, no_target_tokens (smoke test)
 
 Every labelled run is a real tiny CPU Trainer run (``trainwatch.testing``), trained once to its end with nothing
 stopping it, while trainwatch's ``Diagnoser`` (defaults, ``report=False``) and HF's ``EarlyStoppingCallback``
@@ -228,12 +228,12 @@ def _worker(job: tuple[Variant, str, int]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="one llama run each of healthy, exploding, overfitting")
+    parser.add_argument("--quick", action="store_true", help="one llama run each of healthy, exploding, no_target_tokens")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", action="store_true", help="also print every run's detection steps")
     args = parser.parse_args(argv)
     if args.quick:
-        chosen = [v for v in variants() if v.name in ("healthy", "exploding", "overfitting")]
+        chosen = [v for v in variants() if v.name in ("healthy", "exploding", "no_target_tokens")]
         jobs = [(v, "llama", 0) for v in chosen]
     else:
         jobs = [(v, arch, seed) for v in variants() for arch in ("llama", "gpt2") for seed in (0, 1, 2)]
