@@ -84,6 +84,8 @@ def test_short_sweep_ranks_trials_and_names_the_best(tmp_path):
     table = json.loads((out / "sweep.json").read_text())
     assert [t["learning_rate"] for t in table["trials"]] == [2e-4, 2]
     assert table["best"]["learning_rate"] == 2e-4 and table["trials"][0]["diagnosis"] == "healthy"
+    failed = table["trials"][1]
+    assert failed["diagnosis"] == "exploding" and failed["stopped"] and failed["steps"] < 20, failed
     with (out / "sweep.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 2
     assert "best setting: learning_rate 0.0002, lora_r 4" in result.stdout
