@@ -16,7 +16,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
     ("script", "expected"),
     [
         ("detection.py", ["| exploding | trainwatch Diagnoser() (flags) |", "live Diagnoser findings == Engine replay"]),
-        ("overhead.py", ["| wall |", "| CPU |", "one Diagnoser.on_log call in isolation"]),
+        ("overhead.py", ["| wall |", "| CPU |", "one Diagnoser.on_log call in a tight loop"]),
         ("memory.py", ["| 10,000 |", "ratio last/first segment", "trainwatch.analyze"]),
     ],
 )
