@@ -20,16 +20,19 @@ class FlatRule:
         min_logs: ... and train losses logged over them, so that a run logged every 500 steps is not judged on
             two points.
         tolerance: "flat" means the smoothed train loss (and the eval loss, when there is one) never moved more
-            than this fraction away from its starting level.
+            than this fraction away from its starting level. 2 %, not 5 %: a healthy run with a small batch can
+            learn as slowly as 4 % in 50 steps, while a learning rate that is really too low moves it well under
+            1 %.
         confirm_steps: optimizer steps a certain cause must hold before it is decided: a loss that was never
             anything but 0.0 or NaN beside a grad norm that was never positive (``no_target_tokens``: every label
             is -100, so the loss is NaN, or 0.0 after Trainer's NaN filter), or a grad norm of exactly 0.0 while
             the learning rate is not 0 (``zero_gradients``: no trainable parameter is reached by the backward
             pass).
-        confirm_logs: ... and consecutive zero grad norms logged over them; while they last the smoothed loss
-            must also stay flat, within ``tolerance`` of its level when they began (without gradients it cannot
-            move: if it does, the logged norm is not the gradient that trains the model, as with some
-            optimizers' skipped steps).
+        confirm_logs: ... and consecutive zero grad norms logged over them.
+        zero_grad_tolerance: while the grad norm is 0 the smoothed loss must also stay within this fraction of its
+            level when the zeros began (without gradients it cannot move: if it does, the logged norm is not the
+            gradient that trains the model, as with some optimizers' skipped steps). Wider than ``tolerance``
+            because it is judged after a few logs, not after ``patience_steps``.
 
     A loss that is 0.0 beside a positive grad norm is a real objective that happens to be 0 (GRPO logs that), and a
     loss that goes negative is not a cross-entropy: ``lr_too_low`` is only judged on a positive loss level.
@@ -37,9 +40,10 @@ class FlatRule:
 
     patience_steps: int = 50
     min_logs: int = 5
-    tolerance: float = 0.05
+    tolerance: float = 0.02
     confirm_steps: int = 5
     confirm_logs: int = 3
+    zero_grad_tolerance: float = 0.05
     kind: ClassVar[str] = FLAT
 
     def observe(self, history: History) -> Finding | None:
@@ -59,7 +63,7 @@ class FlatRule:
                 {**evidence, "logged_losses": loss.count, "non_finite_losses": loss.nonfinite},
             )
         since, before, now = history.zero_grad_since, history.zero_grad_level, history.loss_level
-        loss_flat = before is not None and now is not None and before > 0 and abs(now / before - 1) <= self.tolerance
+        loss_flat = before is not None and now is not None and before > 0 and abs(now / before - 1) <= self.zero_grad_tolerance
         if (
             since is not None
             and history.step - since >= self.confirm_steps
