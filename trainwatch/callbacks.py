@@ -73,8 +73,9 @@ class DiagnosisCallback(TrainerCallback):
             has them, when not given; unknown: that item is skipped).
         **thresholds: the rules' thresholds by name: ``max_loss``, ``rise_factor``, ``uniform_margin``
             (exploding); ``patience_steps``, ``min_logs``, ``tolerance``, ``confirm_steps``, ``confirm_logs``,
-            ``zero_grad_tolerance`` (flat); ``train_below``, ``val_above``, ``rising_evals``, ``min_rise`` (overfitting). See
-            :mod:`trainwatch.rules` for their meaning and defaults; an unknown name is a TypeError.
+            ``zero_grad_tolerance`` (flat); ``train_below``, ``val_above``, ``rising_evals``, ``min_rise``
+            (overfitting). See :mod:`trainwatch.rules` for their meaning and defaults; an unknown name is a
+            TypeError.
     """
 
     kinds: tuple[str, ...] = KINDS
