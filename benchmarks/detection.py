@@ -19,6 +19,7 @@ as a share of the class's total steps, assuming each flag stops the run (trainwa
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import math
 import os
 import statistics
@@ -60,7 +61,10 @@ def variants() -> list[Variant]:
 
 
 TRAINWATCH = ("trainwatch", "trainwatch_stop")
-DETECTORS = ("trainwatch", "trainwatch_stop", "hf_early_stop_p1", "hf_early_stop_p3", "nan_stop_batch", "nan_stop_logged", "lightning_spike")
+HAVE_LIGHTNING = importlib.util.find_spec("lightning") is not None
+"""SpikeDetection is run for real, so it needs ``pip install lightning``; without it, its column is left out."""
+DETECTORS = ("trainwatch", "trainwatch_stop", "hf_early_stop_p1", "hf_early_stop_p3", "nan_stop_batch", "nan_stop_logged",
+             *(("lightning_spike",) if HAVE_LIGHTNING else ()))
 DETECTOR_TITLES = {
     "trainwatch": "trainwatch Diagnoser() (flags)",
     "trainwatch_stop": "trainwatch Diagnoser(stop_on=all) (stops)",
@@ -130,7 +134,7 @@ def detections(run: dict[str, Any]) -> dict[str, int | None]:
         **{k: v for k, v in run["stops"].items() if k != "trainwatch_stop"},
         "nan_stop_batch": first_non_finite_step(run["batch_losses"]),
         "nan_stop_logged": first_non_finite_step(run["logged_losses"]),
-        "lightning_spike": spike_detection_step(run["batch_losses"]),
+        **({"lightning_spike": spike_detection_step(run["batch_losses"])} if HAVE_LIGHTNING else {}),
     }
 
 
@@ -238,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         jobs = [(v, arch, seed) for v in variants() for arch in ("llama", "gpt2") for seed in (0, 1, 2)]
     log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    if not HAVE_LIGHTNING:
+        print("note: lightning is not installed, so Lightning SpikeDetection is not run (pip install lightning)\n")
     log(f"training {len(jobs)} labelled runs on {args.workers} worker(s)...")
     import trainwatch.testing  # noqa: F401 - imported once here, so forked workers start with it loaded
     with ProcessPoolExecutor(max_workers=args.workers) as pool:

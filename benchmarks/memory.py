@@ -23,7 +23,6 @@ import argparse
 import gc
 import json
 import math
-import os
 import random
 import subprocess
 import sys
