@@ -117,6 +117,13 @@ def test_frequent_long_batch_spikes_are_not_a_rise() -> None:
     assert run(losses).verdict == "healthy"
 
 
+def test_one_loss_at_twice_a_uniform_guess_is_a_spike_for_a_language_model() -> None:
+    losses = [4.2, 17.0, 19.0]  # vocab 64: ln V = 4.16
+    assert decided(run(losses, vocab_size=64))[0] == ("exploding", "lr_too_high", 2)
+    assert run(losses).verdict == "healthy"  # without the vocab size: not yet sustained for 3 logs
+    assert run([4.2, 7.0, 3.9, 3.8], vocab_size=64).verdict == "healthy"  # an odd batch below 2 × ln V
+
+
 def test_loss_that_starts_above_max_loss_is_not_a_spike() -> None:
     """A summed (not per-token) loss can start at 170 and learn; only a climb through max_loss is a spike."""
     assert run([174.0, 172.0, 170.0, 165.0, 160.0, 150.0, 140.0]).verdict == "healthy"

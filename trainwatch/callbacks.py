@@ -71,7 +71,8 @@ class DiagnosisCallback(TrainerCallback):
         max_seq_length: the length your data pipeline cut examples to, for the pre-flight's count of responses
             truncated away (read from the arguments' ``max_length``/``max_seq_length``, as TRL's ``SFTConfig``
             has them, when not given; unknown: that item is skipped).
-        **thresholds: the rules' thresholds by name: ``max_loss``, ``rise_factor``, ``uniform_margin``
+        **thresholds: the rules' thresholds by name: ``max_loss``, ``uniform_factor``, ``rise_factor``,
+            ``uniform_margin``
             (exploding); ``patience_steps``, ``min_logs``, ``tolerance``, ``confirm_steps``, ``confirm_logs``,
             ``zero_grad_tolerance`` (flat); ``train_below``, ``val_above``, ``rising_evals``, ``min_rise``
             (overfitting). See :mod:`trainwatch.rules` for their meaning and defaults; an unknown name is a
@@ -274,8 +275,8 @@ class Diagnoser(DiagnosisCallback):
 
 
 class ExplodingLossDetector(DiagnosisCallback):
-    """Watches for NaN/inf, loss spikes and sustained rises only (``max_loss``, ``rise_factor``,
-    ``uniform_margin``)."""
+    """Watches for NaN/inf, loss spikes and sustained rises only (``max_loss``, ``uniform_factor``,
+    ``rise_factor``, ``uniform_margin``)."""
 
     kinds = (EXPLODING,)
     report_name = f"diagnosis-{EXPLODING}"

@@ -17,6 +17,10 @@ class ExplodingRule:
         max_loss: a logged train loss at or above this, in a run that started below it, is an explosion (cause
             ``lr_too_high``): no language model sits at 100 nats. (A loss that starts above it is not a
             per-token cross-entropy, and this test does not apply.)
+        uniform_factor: for a language model (vocab size known), a single train loss at or above
+            ``uniform_factor`` × ln(vocab_size), in a run that started below it, is a spike too: a loss twice that
+            of a uniform guess needs confident wrong answers on most tokens, which damaged weights give and one odd
+            batch does not. The spike threshold is the lower of this and ``max_loss``.
         rise_factor: every one of the last ``smoothing`` losses at or above ``rise_factor`` × the lowest smoothed
             level so far, and above where the run began, is a sharp rise (cause ``lr_too_high``). Each condition
             is needed: a long or odd batch can double a small loss once, but not every time, and a rise that stays
@@ -37,6 +41,7 @@ class ExplodingRule:
     """
 
     max_loss: float = 100.0
+    uniform_factor: float = 2.0
     rise_factor: float = 2.0
     uniform_margin: float = 0.1
     kind: ClassVar[str] = EXPLODING
@@ -64,19 +69,20 @@ class ExplodingRule:
                 f"the train loss became non-finite ({how}) at step {onset}, after training normally",
                 {**common, "onset_step": onset},
             )
-        start = history.loss_start
-        if loss.last >= self.max_loss and start is not None and start < self.max_loss:
+        start, uniform = history.loss_start, history.facts.uniform_loss
+        spike = min(self.max_loss, self.uniform_factor * uniform) if uniform is not None else self.max_loss
+        if loss.last >= spike and start is not None and start < spike:
             return Finding(
                 self.kind,
                 "lr_too_high",
                 history.step,
-                f"the train loss spiked to {loss.last:.4g} (≥ {self.max_loss:g})",
-                {**common, "onset_step": history.loss_floor_step, "max_loss": self.max_loss},
+                f"the train loss spiked to {loss.last:.4g} (≥ {spike:.4g}, "
+                + ("max_loss)" if spike == self.max_loss else f"{self.uniform_factor:g} × a uniform guess ln(vocab))"),
+                {**common, "onset_step": history.loss_floor_step, "spike_threshold": spike},
             )
         level, floor = history.sustained_loss, history.loss_floor
         if level is None or floor is None or start is None or floor <= 0 or not history.loss_is_nonnegative:
             return None
-        uniform = history.facts.uniform_loss
         rose = level >= self.rise_factor * floor and level > start
         learned = uniform is not None and uniform - floor >= self.uniform_margin * uniform
         forgot = learned and uniform - level <= self.uniform_margin * (uniform - floor)  # type: ignore[operator]
