@@ -50,14 +50,6 @@ class ExplodingRule:
         loss, grad_norm = history[LOSS], history[GRAD_NORM]
         if history.never_a_loss or loss.last is None:
             return None
-        common = {
-            "loss": loss.last,
-            "lowest_loss_level": history.loss_floor,
-            "lowest_loss_step": history.loss_floor_step,
-            "learning_rate": history[LEARNING_RATE].last,
-            "grad_norm": grad_norm.last,
-            "max_grad_norm_seen": grad_norm.max,
-        }
         hidden_nan = loss.last == 0.0 and grad_norm.last_step == loss.last_step and not is_finite(grad_norm.last)
         if not is_finite(loss.last) or hidden_nan:
             onset = min(s for s in (loss.first_nonfinite_step, grad_norm.first_nonfinite_step) if s is not None)
@@ -67,7 +59,7 @@ class ExplodingRule:
                 "non_finite",
                 history.step,
                 f"the train loss became non-finite ({how}) at step {onset}, after training normally",
-                {**common, "onset_step": onset},
+                _evidence(history, onset_step=onset),
             )
         start, uniform = history.loss_start, history.facts.uniform_loss
         spike = min(self.max_loss, self.uniform_factor * uniform) if uniform is not None else self.max_loss
@@ -78,7 +70,7 @@ class ExplodingRule:
                 history.step,
                 f"the train loss spiked to {loss.last:.4g} (≥ {spike:.4g}, "
                 + ("max_loss)" if spike == self.max_loss else f"{self.uniform_factor:g} × a uniform guess ln(vocab))"),
-                {**common, "onset_step": history.loss_floor_step, "spike_threshold": spike},
+                _evidence(history, onset_step=history.loss_floor_step, spike_threshold=spike),
             )
         level, floor = history.sustained_loss, history.loss_floor
         if level is None or floor is None or start is None or floor <= 0 or not history.loss_is_nonnegative:
@@ -87,13 +79,31 @@ class ExplodingRule:
         learned = uniform is not None and uniform - floor >= self.uniform_margin * uniform
         forgot = learned and uniform - level <= self.uniform_margin * (uniform - floor)  # type: ignore[operator]
         if rose or forgot:
-            worse = f"worse than where it started ({start:.4g})" if rose else f"back at a uniform guess (ln vocab = {uniform:.4g})"
+            worse = (
+                f"worse than where it started ({start:.4g})" if rose else f"back at a uniform guess (ln vocab = {uniform:.4g})"
+            )
             return Finding(
                 self.kind,
                 "lr_too_high",
                 history.step,
-                f"the loss rose from {floor:.4g} (step {history.loss_floor_step}) to ≥ {level:.4g} for {history.smoothing} logs, "
-                f"{level / floor:.1f}× its best and {worse}",
-                {**common, "loss_level": level, "start_loss": start, "uniform_loss": uniform, "onset_step": history.loss_floor_step},
+                f"the loss rose from {floor:.4g} (step {history.loss_floor_step}) to ≥ {level:.4g} for "
+                f"{history.smoothing} logs, {level / floor:.1f}× its best and {worse}",
+                _evidence(
+                    history, loss_level=level, start_loss=start, uniform_loss=uniform, onset_step=history.loss_floor_step
+                ),
             )
         return None
+
+
+def _evidence(history: History, **extra: float | int | None) -> dict[str, float | int | None]:
+    """The numbers every explosion finding rests on, built only when one is decided (not on every log)."""
+    loss, grad_norm = history[LOSS], history[GRAD_NORM]
+    return {
+        "loss": loss.last,
+        "lowest_loss_level": history.loss_floor,
+        "lowest_loss_step": history.loss_floor_step,
+        "learning_rate": history[LEARNING_RATE].last,
+        "grad_norm": grad_norm.last,
+        "max_grad_norm_seen": grad_norm.max,
+        **extra,
+    }
