@@ -10,7 +10,6 @@ import sys
 import pytest
 
 from trainwatch import Engine, Facts, build_rules
-from trainwatch.findings import Finding
 
 nan, inf = math.nan, math.inf
 
@@ -281,21 +280,10 @@ def test_unknown_threshold_is_a_clear_error() -> None:
         build_rules(["exploding"], patience_steps=3)  # belongs to the flat rule
 
 
-def test_state_round_trip_continues_identically() -> None:
-    losses = decaying(40) + [3.0] * 10 + [nan]
-    whole = run(losses)
-    first = run(losses[:30])
-    resumed = Engine()
-    resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
-    for i, loss in enumerate(losses[30:], start=31):
-        resumed.observe(i, {"loss": loss})
-    assert decided(resumed) == decided(whole)
-
-
 def test_findings_serialise_to_strict_json() -> None:
     finding = run([3.0, 2.0, nan]).findings[0]
-    text = json.dumps(finding.to_dict(), allow_nan=False)
-    assert Finding.from_dict(json.loads(text)).cause == "non_finite"
+    data = json.loads(json.dumps(finding.to_dict(), allow_nan=False))
+    assert (data["kind"], data["cause"], data["evidence"]["loss"]) == ("exploding", "non_finite", "nan")
 
 
 def test_rules_import_nothing_from_transformers() -> None:

@@ -67,10 +67,3 @@ class Engine:
         for step, logs in entries:
             self.observe(step, logs)
         return self
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"history": self.history.state_dict(), "findings": [f.to_dict() for f in self.findings]}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.history = History.from_state_dict(state["history"])
-        self.findings = [Finding.from_dict(f) for f in state["findings"]]

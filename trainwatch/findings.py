@@ -33,10 +33,6 @@ class Finding:
         data["evidence"] = {k: _json_number(v) for k, v in self.evidence.items()}
         return data
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Finding:
-        return cls(**{k: data[k] for k in ("kind", "cause", "step", "summary", "evidence", "fixes")})
-
 
 def _json_number(value: Any) -> Any:
     """NaN and inf are the evidence of an explosion, but strict JSON has no words for them: spell them out."""

@@ -212,9 +212,8 @@ class History:
             self.eval_start = value
         self.eval_largest_move = max(self.eval_largest_move, _relative_move(value, self.eval_start))
 
-    # -- resume ---------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """A JSON-able snapshot (NaN allowed, as in trainer_state.json) so a resumed run remembers its past."""
+        """A JSON-able snapshot of everything the rules read (NaN allowed): to compare two histories, or to debug."""
         state = {k: v for k, v in vars(self).items() if k not in ("series", "recent_losses", "evals", "facts")}
         state["series"] = {name: vars(s).copy() for name, s in self.series.items()}
         state["recent_losses"] = list(self.recent_losses)
@@ -222,18 +221,6 @@ class History:
         state["eval_window"] = self.evals.maxlen
         state["facts"] = {"vocab_size": self.facts.vocab_size, "hyperparameters": dict(self.facts.hyperparameters)}
         return state
-
-    @classmethod
-    def from_state_dict(cls, state: Mapping[str, Any]) -> History:
-        state = dict(state)
-        history = cls(smoothing=state.pop("smoothing"), eval_window=state.pop("eval_window"))
-        history.series = {name: Series(**s) for name, s in state.pop("series").items()}
-        history.recent_losses = deque(state.pop("recent_losses"), maxlen=history.smoothing)
-        history.evals = deque((EvalPoint(**e) for e in state.pop("evals")), maxlen=history.evals.maxlen)
-        history.facts = Facts(**state.pop("facts"))
-        for key, value in state.items():
-            setattr(history, key, value)
-        return history
 
 
 def _relative_move(value: float, reference: float | None) -> float:
