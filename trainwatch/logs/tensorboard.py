@@ -343,9 +343,17 @@ def read_events(
                     if 20 < length and data[0] == 0x09 and data[9] == 0x10:
                         step = data[10]
                         at = 11
-                        if step >= 0x80:
-                            step, at = _varint(data, 10)
-                            step = _int64(step)
+                        if step >= 0x80:  # steps below 2**21 inline (a call per record costs), longer by _varint
+                            byte = data[11]
+                            step = (step & 0x7F) | (byte & 0x7F) << 7
+                            at = 12
+                            if byte >= 0x80:
+                                byte = data[12]
+                                step |= (byte & 0x7F) << 14
+                                at = 13
+                                if byte >= 0x80:
+                                    step, at = _varint(data, 10)
+                                    step = _int64(step)
                         layout = data[at : length - 4]
                         tag = layouts.get(layout)
                         if tag is None:
