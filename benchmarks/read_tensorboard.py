@@ -4,7 +4,7 @@ Writes (once, cached) a log of 1 000 000 scalars - 250 000 steps of train/loss, 
 train/learning_rate and eval/loss (eval every step, so the four tags have equal weight) - with torch's
 ``SummaryWriter``, the writer HF Trainer uses. Then, in this one process and in turn, reads it with:
 
-- trainwatch's reader (every scalar, CRC-checked),
+- trainwatch's reader (every scalar, CRC-checked; both passes of ``read_run``),
 - TensorBoard's ``EventAccumulator`` configured to keep every scalar (``size_guidance={SCALARS: 0}``),
 - ``tbparse.SummaryReader`` (pandas DataFrame of scalars),
 
@@ -55,8 +55,8 @@ def write_log(directory: Path, steps: int) -> Path:
 def read_trainwatch(directory: Path) -> int:
     from trainwatch.logs.tensorboard import event_files, read_run
 
-    run = read_run(event_files(directory))
-    return len(run.values)
+    run = read_run(event_files(directory))  # pass 1: restarts and resumes
+    return sum(1 for _ in run.values())  # pass 2: every value, streamed
 
 
 def read_accumulator(directory: Path) -> int:

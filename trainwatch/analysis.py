@@ -25,6 +25,7 @@ from trainwatch.logs import LogReadError
 from trainwatch.logs.tensorboard import (
     EVAL_SIGNAL,
     SIGNAL_TAGS,
+    Decimator,
     FileStats,
     event_files,
     file_timestamp,
@@ -60,7 +61,9 @@ class RunReport:
     history: History = field(default_factory=History)
     """The engine's summary of the run's signals, as the rules saw it."""
     curves: Curves = field(default_factory=dict)
-    """Each signal's full ``(steps, values)``: every value read, for plotting."""
+    """Each signal's ``(steps, values)`` for plotting, decimated to a bounded size whatever the run's length: every
+    value of a short run; of a long one, each bucket's min, max and first NaN/inf (see
+    :class:`~trainwatch.logs.tensorboard.Decimator`), so spikes and non-finite values still show."""
     entries: int = 0
     error: str | None = None
     """Why nothing of this run could be read (naming the files); its verdict is then ``None``."""
@@ -248,25 +251,29 @@ def _judge(source: _Source, smoothing: int, thresholds: dict[str, Any]) -> RunRe
             return report
         engine.history.facts = state.facts
         report.notes.extend(state.notes)
-        entries: Iterator[tuple[int, dict[str, Any]]] = state.entries()
+        _replay(engine, state.entries(), report)
         report.curves = _curves_of(state.log_history)
     else:
-        run = read_run(source.paths)
-        report.notes.extend(run.notes)
+        run = read_run(source.paths)  # pass 1: texts, counts and damage; the values stream from run.entries()
         if run.records == 0:
+            report.notes.extend(run.notes)
             report.error = "; ".join(run.notes) or f"{source.label}: no readable records"
             return report
         engine.history.facts = _tensorboard_facts(run.texts, source.facts_dir)
-        entries = run.entries()
+        _replay(engine, run.entries(), report)
+        report.notes.extend(run.notes)  # complete once streamed: what restarts and resumes dropped is counted then
         report.curves = run.curves()
         other_tags = run.other_tags
-    for step, logs in entries:
-        engine.observe(step, logs)
-        report.entries += 1
     report.diagnoses = list(engine.findings)
     report.history = engine.history
     report.notes.extend(_missing_signals(engine.history, other_tags))
     return report
+
+
+def _replay(engine: Engine, entries: Iterator[tuple[int, dict[str, Any]]], report: RunReport) -> None:
+    for step, logs in entries:
+        engine.observe(step, logs)
+        report.entries += 1
 
 
 def _missing_signals(history: History, other_tags: dict[str, int]) -> list[str]:
@@ -306,11 +313,14 @@ def _json_text(text: str | None) -> dict[str, Any]:
 
 
 def _curves_of(log_history: list[dict[str, Any]]) -> Curves:
+    """The curves of a trainer_state.json, decimated as TensorBoard's are, so both sources plot alike."""
     curves: Curves = {}
     for name in SIGNALS:
         points = [(e["step"], float(e[name])) for e in log_history if isinstance(e.get(name), (int, float))]
         steps, values = zip(*points) if points else ((), ())
-        curves[name] = (np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
+        decimator = Decimator()
+        decimator.extend(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
+        curves[name] = decimator.curve()
     return curves
 
 

@@ -9,6 +9,13 @@ a million-step run is still there. Unlike TensorBoard's own reader, one damaged 
 Scalars come in every encoding writers use: ``simple_value`` (TF1, torch, tensorboardX) and rank-0 tensors
 (``tensor_content``, ``float_val``, ``double_val``, ``int_val``, ``int64_val``, ``half_val``) of a tag whose first-seen
 plugin is ``scalars`` (TF2, torch ``new_style``; TF1-style writers send the metadata with a tag's first value only).
+
+A run (:func:`read_run`) is read in memory that does not grow with its length, so that a million-step log costs no
+more than a short one. A restart (``SessionLog.START``) or a resume (a later file logging steps again) replaces
+values written *before* it, so one pass would have to hold every value until the end. Instead the run is read
+twice: pass 1 collects only the few markers (restarts, each later file's first train and eval value), pass 2
+streams the values and drops each one a later marker covers. Curves for plotting are kept as a bounded min/max
+decimation (:class:`Decimator`) of what pass 2 streams.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import os
 import re
 import struct
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,6 +258,9 @@ class FileStats:
     unframed_from: int | None = None
     """Byte offset of a length CRC mismatch: from there on the records cannot be delimited."""
     unread_bytes: int = 0
+    read_bytes: int = 0
+    """Bytes read from the file: a second pass reads no further, so a file still being written gives both passes
+    the same records."""
 
     def notes(self) -> list[str]:
         name = self.path
@@ -285,14 +295,24 @@ SESSION_START = None
 
 
 def read_events(
-    path: str | os.PathLike[str], stats: FileStats, plugins: dict[str, str | None], texts: dict[str, str]
-) -> Iterator[tuple[int, str | None, float]]:
+    path: str | os.PathLike[str],
+    stats: FileStats,
+    plugins: dict[str, str | None],
+    texts: dict[str, str],
+    *,
+    limit: int | None = None,
+    quiet: bool = False,
+) -> Generator[tuple[int, str | None, float], bool | None, None]:
     """``(step, tag, value)`` for every scalar of one file in write order, and ``(step, SESSION_START, nan)``.
 
     ``plugins`` maps each tag to the plugin named with its first value (shared across a run's files, as
     TensorBoard does); ``texts`` receives the first value of each tag in :data:`TEXT_TAGS`. Damage is counted in
-    ``stats``. Framing, CRC checks and the common scalar layout are decoded in this one loop: it runs once per
-    record, a million times for a long run, so it avoids every call it can.
+    ``stats``. At most ``limit`` bytes are read. Framing, CRC checks and the common scalar layout are decoded in
+    this one loop: it runs once per record, a million times for a long run, so it avoids every call it can.
+
+    ``quiet`` (or sending ``True`` into the generator) yields only ``SESSION_START`` from then on: every record is
+    still checked and counted, but its scalars are neither unpacked nor yielded. :func:`read_run`'s first pass
+    needs a file's first train and eval values, then only its restarts.
     """
     tag_names: dict[bytes, str] = {}
     valid_headers: dict[bytes, int] = {}  # a header seen valid needs no second CRC: most records share a length
@@ -301,15 +321,17 @@ def read_events(
     unpack_crc = _CRC.unpack_from
     unpack_float = _FLOAT.unpack_from
     records = scalars = 0
+    remaining = (1 << 63) if limit is None else limit
     with open(path, "rb") as f:
         buffer, pos, consumed = b"", 0, 0
         try:
             while True:
                 if len(buffer) - pos < 12:
-                    more = f.read(CHUNK_BYTES)
+                    more = f.read(min(CHUNK_BYTES, remaining))
                     if not more:
                         stats.truncated_bytes += len(buffer) - pos
                         return
+                    remaining -= len(more)
                     consumed += pos
                     buffer, pos = buffer[pos:] + more, 0
                     continue
@@ -319,15 +341,17 @@ def read_events(
                     length, length_crc = _HEADER.unpack(header)
                     if masked_crc(header[:8]) != length_crc:
                         stats.unframed_from = consumed + pos
-                        stats.unread_bytes = len(buffer) - pos + (os.fstat(f.fileno()).st_size - f.tell())
+                        unread = min(remaining, os.fstat(f.fileno()).st_size - f.tell())
+                        stats.unread_bytes = len(buffer) - pos + unread
                         return
                     valid_headers[header] = length
                 end = pos + 16 + length
                 if end > len(buffer):
-                    more = f.read(max(CHUNK_BYTES, end - len(buffer)))
+                    more = f.read(min(max(CHUNK_BYTES, end - len(buffer)), remaining))
                     if not more:
                         stats.truncated_bytes += len(buffer) - pos
                         return
+                    remaining -= len(more)
                     consumed += pos
                     buffer, pos = buffer[pos:] + more, 0
                     continue
@@ -362,7 +386,8 @@ def read_events(
                                 layouts[layout] = tag
                         if tag is not None:
                             scalars += 1
-                            yield step, tag, unpack_float(data, length - 4)[0]
+                            if not quiet and (yield step, tag, unpack_float(data, length - 4)[0]):
+                                quiet = True
                             continue
                     found = _decode_event(data, plugins, texts, tag_names)
                 except (Undecodable, IndexError, struct.error, ValueError):
@@ -370,10 +395,12 @@ def read_events(
                     continue
                 for item in found:
                     scalars += item[1] is not None
-                    yield item
+                    if (not quiet or item[1] is SESSION_START) and (yield item):
+                        quiet = True
         finally:
             stats.records += records
             stats.scalars += scalars
+            stats.read_bytes += consumed + len(buffer)
 
 
 def _one_scalar_layout(layout: bytes, tag_names: dict[bytes, str], plugins: dict[str, str | None]) -> str | None:
@@ -558,30 +585,142 @@ def _extremes(index: np.ndarray, steps: np.ndarray, values: np.ndarray) -> tuple
     return chosen, steps[rows, columns], values[rows, columns]
 
 
-# -- a run: its files stitched into one series ------------------------------------------------------------------------
+# -- a run: its files stitched into one series, in two passes ---------------------------------------------------------
+_NEVER = 1 << 63
+"""A step beyond int64: the limit of a signal that no later marker covers."""
+_ALL = frozenset(range(len(SIGNALS)))
+_EVAL_ONLY = frozenset((EVAL_SIGNAL,))
+_FEED_VALUES = 1 << 16
+"""Kept values buffered before they are handed to the curves' decimators in one numpy step."""
+
+
+@dataclass(frozen=True)
+class _Marker:
+    """A point of the run that drops values written before ``boundary`` at steps >= ``step``, of ``signals``.
+
+    ``boundary`` numbers the places where what is covered changes: the start of each file and each
+    ``SessionLog.START``, in the order pass 2 meets them. A restart covers everything before itself; a later file's
+    first train value (a resume) covers the earlier files, all signals; its first eval value their evaluations.
+    """
+
+    boundary: int
+    step: int
+    signals: frozenset[int]
+    path: str
+    restart: bool
+
+    def note(self, dropped: int) -> str:
+        if self.restart:
+            return (
+                f"{self.path}: writer restarted (SessionLog.START) at step {self.step}; "
+                f"dropped {dropped} earlier value(s) at steps >= {self.step}, as TensorBoard does"
+            )
+        return (
+            f"{self.path} logs again from step {self.step} (a resume): it replaced {dropped} value(s) an earlier "
+            "writer had logged at those steps"
+        )
+
+
 @dataclass
 class TensorBoardRun:
-    """The signals of one run, every value kept, in write order, after restarts and resumes are resolved.
+    """One run's signals, streamed in write order with restarts and resumes resolved, in memory that does not grow
+    with the run's length.
 
-    Only the four signal tags are kept, in compact arrays (17 bytes a value: a million-step run costs ~70 MB at
-    most); resolving a resume needs them, since a later writer replaces values an earlier one already wrote.
+    A restart or a resume replaces values written *before* it, so a single pass would have to keep every value
+    until the end to know which survive (~100 bytes per logged step). Instead :func:`read_run` reads the files
+    twice. Pass 1 (done by :func:`read_run`) finds the markers, few as the files and restarts are: each
+    ``SessionLog.START`` and each later file's first train and first eval value; it also collects the text
+    summaries, the damage notes and the record counts. Pass 2 (:meth:`values`, :meth:`entries`) reads the files
+    again and keeps a value unless a marker after it covers it, which is what replaying the markers in order would
+    leave. Per-signal minima of the steps of the markers still ahead make that test one comparison per value.
+
+    :attr:`notes` (restarts and resumes, which pass 2 counts), :attr:`other_tags` and :meth:`curves` are complete
+    once a pass 2 has run to its end; each iteration is a new pass 2 over the same bytes.
     """
 
     files: list[str]
-    steps: array = field(default_factory=lambda: array("q"))
-    signals: array = field(default_factory=lambda: array("b"))
-    values: array = field(default_factory=lambda: array("d"))
     texts: dict[str, str] = field(default_factory=dict)
     other_tags: dict[str, int] = field(default_factory=dict)
+    """Scalar tags that are none of Trainer's signals, with their number of values."""
     notes: list[str] = field(default_factory=list)
     records: int = 0
     scalars: int = 0
+    _read_notes: list[str] = field(default_factory=list, init=False, repr=False)
+    _read_bytes: list[int] = field(default_factory=list, init=False, repr=False)
+    _file_boundaries: list[int] = field(default_factory=list, init=False, repr=False)
+    _markers: list[_Marker] = field(default_factory=list, init=False, repr=False)
+    _limits: list[list[int]] = field(default_factory=list, init=False, repr=False)
+    """Per boundary b: for each signal, the lowest step a marker at b or later covers."""
+    _curves: list[Decimator] = field(default_factory=lambda: [Decimator() for _ in SIGNALS], init=False, repr=False)
+
+    def values(self) -> Iterator[tuple[int, int, float]]:
+        """Pass 2: ``(step, signal, value)`` for each value kept, in write order; ``signal`` indexes :data:`SIGNALS`.
+
+        At its end :attr:`notes` gains what each restart and resume dropped (counted only here)."""
+        limits, signal_tags = self._limits, SIGNAL_TAGS
+        dropped = [0] * len(self._markers)
+        problems: list[str] = []
+        other_tags: dict[str, int] = {}
+        self.other_tags = other_tags
+        self._curves = [Decimator() for _ in SIGNALS]
+        kept_steps, kept_signals, kept_values = array("q"), array("b"), array("d")
+        feed_at = _FEED_VALUES
+        plugins: dict[str, str | None] = {}
+        for path, size, boundary in zip(self.files, self._read_bytes, self._file_boundaries):
+            if not size:  # nothing there, or pass 1 could not open it (already noted)
+                continue
+            limit = limits[boundary + 1]
+            try:
+                for step, tag, value in read_events(path, FileStats(path), plugins, {}, limit=size):
+                    signal = signal_tags.get(tag)  # type: ignore[arg-type]
+                    if signal is None:
+                        if tag is SESSION_START:
+                            boundary += 1
+                            limit = limits[boundary + 1]
+                        else:
+                            other_tags[tag] = other_tags.get(tag, 0) + 1  # type: ignore[index]
+                        continue
+                    if step >= limit[signal]:
+                        dropped[self._dropped_by(boundary, step, signal)] += 1
+                        continue
+                    kept_steps.append(step)
+                    kept_signals.append(signal)
+                    kept_values.append(value)
+                    if len(kept_values) == feed_at:
+                        self._feed(kept_steps, kept_signals, kept_values)
+                    yield step, signal, value
+            except OSError as error:  # pass 1 read it: it changed since
+                problems.append(f"{path}: could not be read ({error.strerror or error})")
+        self._feed(kept_steps, kept_signals, kept_values)
+        counted = list(zip(self._markers, dropped))
+        self.notes = [
+            *self._read_notes,
+            *problems,
+            *(m.note(n) for m, n in counted if n and m.restart),  # TF writers mark every session: only drops are news
+            *(m.note(n) for m, n in counted if n and not m.restart),
+        ]
+
+    def _dropped_by(self, boundary: int, step: int, signal: int) -> int:
+        """The first marker after ``boundary`` that covers the value: the one that, replayed in order, dropped it."""
+        return next(
+            i for i, m in enumerate(self._markers) if m.boundary > boundary and step >= m.step and signal in m.signals
+        )
+
+    def _feed(self, steps: array, signals: array, values: array) -> None:
+        """Hand buffered kept values to each signal's decimator, and empty the buffers."""
+        which = np.array(signals, dtype=np.int8)
+        all_steps, all_values = np.array(steps, dtype=np.int64), np.array(values, dtype=np.float64)
+        for signal, decimator in enumerate(self._curves):
+            mine = which == signal
+            if mine.any():
+                decimator.extend(all_steps[mine], all_values[mine])
+        del steps[:], signals[:], values[:]
 
     def entries(self) -> Iterator[tuple[int, dict[str, float]]]:
         """The run as Trainer's ``on_log`` saw it: one entry per log call (same step, train or eval, no tag twice)."""
         current: dict[str, float] = {}
         current_step, current_eval = None, False
-        for step, signal, value in zip(self.steps, self.signals, self.values):
+        for step, signal, value in self.values():
             name = SIGNALS[signal]
             is_eval = signal == EVAL_SIGNAL
             if current and (step != current_step or is_eval != current_eval or name in current):
@@ -593,82 +732,74 @@ class TensorBoardRun:
             yield current_step, current  # type: ignore[misc]
 
     def curves(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Each signal's ``(steps, values)``, every value."""
-        steps, signals, values = (np.frombuffer(a, dtype=a.typecode) for a in (self.steps, self.signals, self.values))
-        return {name: (steps[signals == i], values[signals == i]) for i, name in enumerate(SIGNALS)}
-
-    def _drop(self, limit: int, from_step: int, signals: Iterable[int]) -> int:
-        """Remove values of ``signals`` at steps >= ``from_step`` among the first ``limit``; return how many."""
-        steps = np.frombuffer(self.steps, dtype=np.int64)
-        which = np.frombuffer(self.signals, dtype=np.int8)
-        drop = np.zeros(len(steps), dtype=bool)
-        drop[:limit] = (steps[:limit] >= from_step) & np.isin(which[:limit], list(signals))
-        removed = int(drop.sum())
-        if removed:
-            keep = ~drop
-            values = np.frombuffer(self.values, dtype=np.float64)
-            self.steps = array("q", steps[keep].tobytes())
-            self.signals = array("b", which[keep].tobytes())
-            self.values = array("d", values[keep].tobytes())
-        return removed
+        """Each signal's ``(steps, values)`` as the last pass 2 streamed them, decimated (see :class:`Decimator`)."""
+        return {name: decimator.curve() for name, decimator in zip(SIGNALS, self._curves)}
 
 
 def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
-    """Read a run's event files in order into one series.
+    """Pass 1 over a run's event files, in order: what pass 2 needs to stream them as one series.
 
     Where a later file starts writing a step an earlier file already covered, the training restarted there (a
     resume from a checkpoint): the later values win, as they describe the run that went on. A ``SessionLog.START``
-    drops earlier values at steps >= its step, as TensorBoard does.
+    drops earlier values at steps >= its step, as TensorBoard does. This pass records those markers (few: one per
+    restart, two per file), the text summaries, the counts and the damage notes; it unpacks no value once a file's
+    first train and eval values are known. Iterate the run's :meth:`~TensorBoardRun.entries` for the values.
     """
     run = TensorBoardRun(files=[str(f) for f in files])
     plugins: dict[str, str | None] = {}
-    replaced: list[tuple[str, int, int]] = []
+    boundary = -1
     for path in run.files:
+        boundary += 1
+        start = boundary
+        run._file_boundaries.append(start)
         stats = FileStats(path)
-        earlier = len(run.steps)
-        seen_train = seen_eval = False
-        steps, signals, values = run.steps, run.signals, run.values
+        need_train = need_eval = start > 0  # a later file's first values resume over the earlier files
+        events = read_events(path, stats, plugins, run.texts, quiet=not need_train)
+        request: bool | None = None
         try:
-            for step, tag, value in read_events(path, stats, plugins, run.texts):
+            while True:
+                try:
+                    step, tag, _ = events.send(request)
+                except StopIteration:
+                    break
                 if tag is SESSION_START:
-                    dropped = run._drop(len(run.steps), step, range(len(SIGNALS)))
-                    steps, signals, values = run.steps, run.signals, run.values
-                    earlier = min(earlier, len(run.steps))
-                    if dropped:  # TF writers mark every session's start: only a restart that replaces is news
-                        run.notes.append(
-                            f"{path}: writer restarted (SessionLog.START) at step {step}; "
-                            f"dropped {dropped} earlier value(s) at steps >= {step}, as TensorBoard does"
-                        )
+                    boundary += 1
+                    run._markers.append(_Marker(boundary, step, _ALL, path, restart=True))
                     continue
                 signal = SIGNAL_TAGS.get(tag)  # type: ignore[arg-type]
                 if signal is None:
-                    run.other_tags[tag] = run.other_tags.get(tag, 0) + 1  # type: ignore[index]
                     continue
-                is_eval = signal == EVAL_SIGNAL
-                if earlier and not (seen_eval if is_eval else seen_train):
-                    # First value of this kind in a later file: it supersedes what earlier files wrote from here on.
-                    covered = range(len(SIGNALS)) if not is_eval else (EVAL_SIGNAL,)
-                    dropped = run._drop(earlier, step, covered)
-                    if dropped:
-                        replaced.append((path, step, dropped))
-                        earlier -= dropped
-                        steps, signals, values = run.steps, run.signals, run.values
-                if is_eval:
-                    seen_eval = True
-                else:
-                    seen_train = True
-                steps.append(step)
-                signals.append(signal)
-                values.append(value)
+                if signal == EVAL_SIGNAL and need_eval:
+                    run._markers.append(_Marker(start, step, _EVAL_ONLY, path, restart=False))
+                    need_eval = False
+                elif signal != EVAL_SIGNAL and need_train:
+                    run._markers.append(_Marker(start, step, _ALL, path, restart=False))
+                    need_train = False
+                request = not (need_train or need_eval) or None
         except OSError as error:
-            run.notes.append(f"{path}: could not be read ({error.strerror or error})")
+            run._read_notes.append(f"{path}: could not be read ({error.strerror or error})")
+        run._read_bytes.append(stats.read_bytes)
         run.records += stats.records
         run.scalars += stats.scalars
-        run.notes.extend(stats.notes())
+        run._read_notes.extend(stats.notes())
 
-    for path, step, dropped in replaced:
-        run.notes.append(
-            f"{path} logs again from step {step} (a resume): it replaced {dropped} value(s) an earlier "
-            "writer had logged at those steps"
-        )
+    run._limits = _suffix_minima(run._markers, boundary + 1)
+    run.notes = list(run._read_notes)
     return run
+
+
+def _suffix_minima(markers: list[_Marker], boundaries: int) -> list[list[int]]:
+    """For each boundary b (and one past the last): per signal, the lowest step of the markers at b or later."""
+    at: dict[int, list[_Marker]] = {}
+    for marker in markers:
+        at.setdefault(marker.boundary, []).append(marker)
+    lowest = [_NEVER] * len(SIGNALS)
+    limits = [lowest] * (boundaries + 1)
+    for b in range(boundaries - 1, -1, -1):
+        if b in at:
+            lowest = list(lowest)
+            for marker in at[b]:
+                for signal in marker.signals:
+                    lowest[signal] = min(lowest[signal], marker.step)
+        limits[b] = lowest
+    return limits
