@@ -7,7 +7,8 @@ Every labelled run is a real tiny CPU Trainer run (``trainwatch.testing``), trai
 stopping it, while trainwatch's ``Diagnoser`` (defaults, ``report=False``) and HF's ``EarlyStoppingCallback``
 (patience 1 and 3, via :class:`peers.RecordingStopper`) watch it live and each batch's raw loss is recorded. The
 other peers are then run on the recorded series (see :mod:`peers`). The live Diagnoser's findings are checked to
-equal a replay of the run's ``log_history`` through ``Engine``: same series, same verdict.
+equal a replay of the run's ``log_history`` through ``Engine``: same series, same verdict (a pre-flight decision,
+made from the data before the first log, is found by the replay with the same kind and cause when the logs show it).
 
 Each run evaluates (every ``eval_steps``; 25 where the scenario sets none) so that EarlyStoppingCallback can work.
 Onset of each failure, from which the delay is counted: exploding with cause non_finite, the first step whose raw
@@ -120,9 +121,17 @@ def run_one(variant: Variant, arch: str, seed: int) -> dict[str, Any]:
         "eval_losses": [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e],
         "findings": live,
         "stop_findings": [(f.kind, f.cause, f.step) for f in stopping.diagnoses],
-        "replay_matches": live == [(f.kind, f.cause, f.step) for f in replay.findings],
+        "replay_matches": same_verdict(diagnoser.diagnoses, replay.findings),
         "stops": {name: s.stop_step for name, s in stoppers.items()},
     }
+
+
+def same_verdict(live: list[Any], replayed: list[Any]) -> bool:
+    """The same kinds and causes at the same steps, except that a pre-flight decision (made from the data before
+    any log) is found by the replay, with the same kind and cause, at the step the logs show it."""
+    if [(f.kind, f.cause) for f in live] != [(f.kind, f.cause) for f in replayed]:
+        return False
+    return all(a.step == b.step or a.evidence.get("decided_by") == "pre-flight" for a, b in zip(live, replayed))
 
 
 def detections(run: dict[str, Any]) -> dict[str, int | None]:

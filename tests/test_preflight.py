@@ -14,6 +14,7 @@ from transformers.data.data_collator import default_data_collator
 
 from trainwatch import preflight as pf
 from trainwatch.callbacks import Diagnoser
+from trainwatch.engine import Engine
 from trainwatch.testing import Progressions, tiny_trainer
 
 
@@ -147,9 +148,13 @@ def test_no_target_tokens_without_stop_on_is_reported_and_training_goes_on(tmp_p
     trainer = tiny_trainer("no_target_tokens", str(tmp_path), callbacks=[diagnoser], max_steps=12)
     trainer.train()
     assert trainer.state.global_step == 12
-    # The live rule decides the run with its own evidence; the checklist says why in advance.
-    assert [(f.kind, f.cause) for f in diagnoser.diagnoses] == [("flat", "no_target_tokens")]
+    # Decided from the data before the first step; the logs alone show it after confirm_steps, with the same cause.
+    assert [(f.kind, f.cause, f.step) for f in diagnoser.diagnoses] == [("flat", "no_target_tokens", 0)]
     assert {c.name: c.status for c in diagnoser.checks}["target tokens"] == pf.FAIL
+    replayed = Engine(facts=diagnoser.engine.history.facts).replay(
+        (e["step"], e) for e in trainer.state.log_history if "step" in e
+    )
+    assert [(f.kind, f.cause, f.step) for f in replayed.findings] == [("flat", "no_target_tokens", 5)]
 
 
 def test_healthy_run_checklist_in_report(tmp_path: Path, caplog) -> None:

@@ -65,8 +65,9 @@ class DiagnosisCallback(TrainerCallback):
         smoothing: train losses whose median makes the smoothed level the rules compare.
         preflight: run the pre-flight checklist (:mod:`trainwatch.preflight`) at the start, at step 1 and at step
             ``early_loss_step``; its items go into the report and ``diagnosis.json``. A train set in which no
-            example has a target token fails the checklist before the first step; with "flat" in ``stop_on`` it
-            is decided "flat" there and training stops (Trainer reads the stop flag after its first step only).
+            example has a target token fails the checklist before the first step and is decided "flat" (cause
+            ``no_target_tokens``) there, from the data, before the logs could show it; with "flat" in ``stop_on``
+            training stops (Trainer reads the stop flag after its first step only).
         early_loss_step: the step at which the loss must be lower than at the start.
         max_seq_length: the length your data pipeline cut examples to, for the pre-flight's count of responses
             truncated away (read from the arguments' ``max_length``/``max_seq_length``, as TRL's ``SFTConfig``
@@ -111,6 +112,7 @@ class DiagnosisCallback(TrainerCallback):
         self._stopped_by: Finding | None = None
         self._run_facts: dict[str, int] = {}
         self._begin_step = 0
+        self._early_loss_due = False
 
     # -- what users read --------------------------------------------------------------------------------------------
     @property
@@ -125,6 +127,7 @@ class DiagnosisCallback(TrainerCallback):
     @_contained
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
         self._begin_step = state.global_step
+        self._early_loss_due = self.preflight and state.global_step < self.early_loss_step
         self._output_dir = args.output_dir
         self._tensorboard_dir = _tensorboard_dir(args)
         self._resume(state, _facts(args, model))
@@ -146,13 +149,11 @@ class DiagnosisCallback(TrainerCallback):
 
     @_contained
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        for finding in self.engine.observe(state.global_step, logs or {}):
+        logs = logs or {}
+        for finding in self.engine.observe(state.global_step, logs):
             self._act(finding, state, control)
-        early = self.preflight and self._begin_step < self.early_loss_step <= state.global_step
-        loss = self.engine.history[LOSS]
-        if early and LOSS in (logs or {}) and loss.count >= 2 and not any(c.name == checklist.EARLY_LOSS for c in self.checks):
-            level = self.engine.history.loss_level if self.engine.history.loss_level is not None else loss.last
-            self._add_checks(state, [checklist.check_early_loss(loss.first, loss.first_step, level, state.global_step)])
+        if self._early_loss_due and state.global_step >= self.early_loss_step and LOSS in logs:
+            self._check_early_loss(state)
 
     @_contained
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -255,12 +256,22 @@ class DiagnosisCallback(TrainerCallback):
         finding = Finding(
             FLAT, "no_target_tokens", state.global_step,
             f"pre-flight: none of {examples} train examples has a target token (every label is -100)",
-            {"inspected_examples": inspected, "dataset_size": count.dataset_size if count else None, "examples_with_targets": 0},
+            {"decided_by": "pre-flight", "inspected_examples": inspected,
+             "dataset_size": count.dataset_size if count else None, "examples_with_targets": 0},
             fixes_for("no_target_tokens", self.engine.history.facts.hyperparameters),
         )
-        if FLAT in self.stop_on and FLAT in self.kinds:
-            self.engine.findings.append(finding)
+        if FLAT in self.kinds:
+            self.engine.add_findings([finding])
             self._act(finding, state, control)
+
+    def _check_early_loss(self, state: TrainerState) -> None:
+        """The checklist's "loss lower at ``early_loss_step`` than at the start", once two losses are known."""
+        loss = self.engine.history[LOSS]
+        if loss.count < 2:
+            return
+        self._early_loss_due = False
+        level = self.engine.history.loss_level if self.engine.history.loss_level is not None else loss.last
+        self._add_checks(state, [checklist.check_early_loss(loss.first, loss.first_step, level, state.global_step)])
 
     def _add_checks(self, state: TrainerState, checks: list[checklist.Check], header: str = "") -> None:
         self.checks.extend(checks)

@@ -42,6 +42,7 @@ class Engine:
         eval_window = max([16] + [getattr(r, "rising_evals", 0) + 1 for r in self.rules])
         self.history = History(smoothing=smoothing, eval_window=eval_window, facts=facts)
         self.findings: list[Finding] = []
+        self._undecided = list(self.rules)
 
     @property
     def verdict(self) -> str:
@@ -51,16 +52,20 @@ class Engine:
         """Record one log entry (Trainer's keys: loss, grad_norm, learning_rate, eval_loss); return new findings."""
         if not self.history.record(step, logs):
             return []
-        decided = {f.kind for f in self.findings}
         new = []
-        for rule in self.rules:
-            if rule.kind in decided:
-                continue
+        for rule in self._undecided:
             finding = rule.observe(self.history)
             if finding is not None:
                 new.append(dataclasses.replace(finding, fixes=fixes_for(finding.cause, self.history.facts.hyperparameters)))
-        self.findings.extend(new)
+        if new:
+            self.add_findings(new)
         return new
+
+    def add_findings(self, findings: Iterable[Finding]) -> None:
+        """Record decisions (the rules', or one known before the series shows it); each kind is decided once."""
+        for finding in findings:
+            self.findings.append(finding)
+            self._undecided = [rule for rule in self._undecided if rule.kind != finding.kind]
 
     def replay(self, entries: Iterable[tuple[int, Mapping[str, Any]]]) -> Engine:
         """Observe a whole recorded series, in order."""

@@ -9,10 +9,9 @@ the same series always leaves the same History behind.
 from __future__ import annotations
 
 import math
-import statistics
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 LOSS = "loss"
@@ -40,7 +39,7 @@ class Facts:
         return math.log(self.vocab_size) if self.vocab_size and self.vocab_size > 1 else None
 
 
-@dataclass
+@dataclass(slots=True)
 class Series:
     """One signal: first and last values, finite extremes, and how many values were not finite."""
 
@@ -75,7 +74,7 @@ class Series:
             self.max, self.max_step = value, step
 
 
-@dataclass
+@dataclass(slots=True)
 class EvalPoint:
     """One evaluation, with the smoothed train loss at the same moment, so the gap can be followed."""
 
@@ -100,6 +99,17 @@ class History:
         self.series: dict[str, Series] = {name: Series() for name in SIGNALS}
         self.recent_losses: deque[float] = deque(maxlen=smoothing)
         self.loss_level: float | None = None
+        """The median of the last ``smoothing`` finite train losses."""
+        self.sustained_loss: float | None = None
+        """The lowest of the last ``smoothing`` train losses: what the loss has been at least, every time, lately.
+        A rise that shows here has lasted; intermittent spikes (long or odd batches) never reach it."""
+        self.never_a_loss = True
+        """No loss was ever computed: every train loss 0.0 or NaN, and no positive grad norm beside it. That is what
+        Trainer logs when every label is -100 (0/0 is NaN, which its NaN filter logs as 0.0)."""
+        self.loss_is_nonnegative = True
+        """Cross-entropy-like: the ratio rules only make sense for a loss that is never negative (not DPO/RL)."""
+        self.latest: dict[str, float] = {}
+        """The signals of the last entry recorded: a rule whose inputs it did not touch has nothing new to decide."""
         self.loss_start: float | None = None
         self.loss_floor: float | None = None
         self.loss_floor_step: int | None = None
@@ -127,35 +137,12 @@ class History:
     def __getitem__(self, signal: str) -> Series:
         return self.series[signal]
 
-    @property
-    def sustained_loss(self) -> float | None:
-        """The lowest of the last ``smoothing`` train losses: what the loss has been at least, every time, lately.
-
-        A rise that shows here has lasted; intermittent spikes (long or odd batches) never reach it.
-        """
-        full = len(self.recent_losses) == self.smoothing
-        return min(self.recent_losses) if full else None
-
-    @property
-    def never_a_loss(self) -> bool:
-        """No loss was ever computed: every train loss 0.0 or NaN, and no positive grad norm beside it.
-
-        That is what Trainer logs when every label is -100 (0/0 is NaN, which its NaN filter logs as 0.0).
-        """
-        loss = self.series[LOSS]
-        return loss.min in (None, 0.0) and loss.max in (None, 0.0) and not self.series[GRAD_NORM].positive_seen
-
-    @property
-    def loss_is_nonnegative(self) -> bool:
-        """Cross-entropy-like: the ratio rules only make sense for a loss that is never negative (not DPO/RL)."""
-        low = self.series[LOSS].min
-        return low is None or low >= 0
-
     def record(self, step: int, logs: Mapping[str, Any]) -> bool:
         """Add one log entry (Trainer's keys); returns whether it carried any signal the rules read."""
         values = {k: float(v) for k, v in logs.items() if k in SIGNALS and isinstance(v, (int, float))}
         if not values:
             return False
+        self.latest = values
         self.step = max(self.step, step)
         if LEARNING_RATE in values:
             self._record_lr(values[LEARNING_RATE])
@@ -167,6 +154,9 @@ class History:
             self._record_loss(step, values[LOSS])
         if EVAL_LOSS in values:
             self._record_eval(step, values[EVAL_LOSS])
+        loss = self.series[LOSS]
+        self.never_a_loss = loss.min in (None, 0.0) and loss.max in (None, 0.0) and not self.series[GRAD_NORM].positive_seen
+        self.loss_is_nonnegative = loss.min is None or loss.min >= 0
         return True
 
     def _record_lr(self, lr: float) -> None:
@@ -188,7 +178,8 @@ class History:
         if not math.isfinite(value):
             return
         self.recent_losses.append(value)
-        self.loss_level = statistics.median(self.recent_losses)
+        self.loss_level = _median(self.recent_losses)
+        self.sustained_loss = min(self.recent_losses) if len(self.recent_losses) == self.smoothing else None
         if self.loss_start is None:
             self.loss_start = value
         if self.loss_floor is None or self.loss_level < self.loss_floor:
@@ -215,12 +206,19 @@ class History:
     def state_dict(self) -> dict[str, Any]:
         """A JSON-able snapshot of everything the rules read (NaN allowed): to compare two histories, or to debug."""
         state = {k: v for k, v in vars(self).items() if k not in ("series", "recent_losses", "evals", "facts")}
-        state["series"] = {name: vars(s).copy() for name, s in self.series.items()}
+        state["series"] = {name: asdict(s) for name, s in self.series.items()}
         state["recent_losses"] = list(self.recent_losses)
-        state["evals"] = [vars(e).copy() for e in self.evals]
+        state["evals"] = [asdict(e) for e in self.evals]
         state["eval_window"] = self.evals.maxlen
         state["facts"] = {"vocab_size": self.facts.vocab_size, "hyperparameters": dict(self.facts.hyperparameters)}
         return state
+
+
+def _median(values: deque[float]) -> float:
+    """``statistics.median`` without its generality: this runs on every logged step."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
 def _relative_move(value: float, reference: float | None) -> float:

@@ -47,6 +47,8 @@ class ExplodingRule:
     kind: ClassVar[str] = EXPLODING
 
     def observe(self, history: History) -> Finding | None:
+        if LOSS not in history.latest and GRAD_NORM not in history.latest:
+            return None  # nothing this rule reads has changed
         loss, grad_norm = history[LOSS], history[GRAD_NORM]
         if history.never_a_loss or loss.last is None:
             return None

@@ -50,7 +50,6 @@ class FlatRule:
         loss, grad_norm, lr = history[LOSS], history[GRAD_NORM], history[LEARNING_RATE]
         if loss.count == 0:
             return None
-        evidence = {"loss": loss.last, "grad_norm": grad_norm.last, "learning_rate": lr.last}
         if history.never_a_loss:
             if history.step < self.confirm_steps:
                 return None
@@ -60,7 +59,7 @@ class FlatRule:
                 history.step,
                 f"no finite, positive train loss in {history.step} steps (every value {loss.last}): "
                 "no example has a label other than -100",
-                {**evidence, "logged_losses": loss.count, "non_finite_losses": loss.nonfinite},
+                {**_evidence(history), "logged_losses": loss.count, "non_finite_losses": loss.nonfinite},
             )
         since, before, now = history.zero_grad_since, history.zero_grad_level, history.loss_level
         loss_flat = before is not None and now is not None and before > 0 and abs(now / before - 1) <= self.zero_grad_tolerance
@@ -77,7 +76,7 @@ class FlatRule:
                 history.step,
                 f"the grad norm has been exactly 0.0 since step {since + 1} while the learning rate is "
                 f"{lr.last}: no gradient reaches the trainable parameters",
-                {**evidence, "onset_step": since + 1, "loss_level": history.loss_level},
+                {**_evidence(history), "onset_step": since + 1, "loss_level": history.loss_level},
             )
         start = history.plateau_step
         eval_moved = history[EVAL_LOSS].count > 0 and history.eval_largest_move > self.tolerance
@@ -98,7 +97,7 @@ class FlatRule:
                 f"the loss stayed within {history.largest_move:.1%} of {history.plateau_level:.4g} for "
                 f"{history.step - start} steps at learning rate {lr.last}",
                 {
-                    **evidence,
+                    **_evidence(history),
                     "loss_level": history.loss_level,
                     "reference_loss": history.plateau_level,
                     "reference_step": start,
@@ -108,3 +107,8 @@ class FlatRule:
                 },
             )
         return None
+
+
+def _evidence(history: History) -> dict[str, float | None]:
+    """The last values every flat finding quotes, built only when one is decided (not on every log)."""
+    return {"loss": history[LOSS].last, "grad_norm": history[GRAD_NORM].last, "learning_rate": history[LEARNING_RATE].last}

@@ -7,12 +7,12 @@ from itertools import pairwise
 from typing import ClassVar
 
 from trainwatch.findings import OVERFITTING, Finding
-from trainwatch.history import LOSS, History
+from trainwatch.history import EVAL_LOSS, LOSS, History
 
 
 @dataclass(frozen=True)
 class OverfittingRule:
-    """Decides *overfitting* from the train/eval pair at each evaluation.
+    """Decides *overfitting* from the train/eval pair, at each evaluation.
 
     Args:
         train_below: a smoothed train loss below this ...
@@ -33,8 +33,8 @@ class OverfittingRule:
     kind: ClassVar[str] = OVERFITTING
 
     def observe(self, history: History) -> Finding | None:
-        if not history[LOSS].positive_seen or not history.evals:
-            return None
+        if EVAL_LOSS not in history.latest or not history[LOSS].positive_seen or not history.evals:
+            return None  # decided at an evaluation: between two, the train/eval pair it judges does not change
         last = history.evals[-1]
         if last.train_level is None:
             return None
