@@ -235,6 +235,22 @@ def test_widening_gap_needs_consecutive_rises() -> None:
     assert run(losses, evals=evals, rising_evals=2).findings[0].step == 160
 
 
+def test_one_evaluation_decides_when_train_halves_and_eval_jumps() -> None:
+    """Evaluated once an epoch, three evaluations: eval 0.30 -> 0.42 (+40 %) while train fell from 0.23 to 0.08."""
+    losses = decaying(300, 1.0, 0.05)
+    engine = run(losses, evals={100: 0.30, 200: 0.42, 300: 0.59})
+    assert decided(engine) == [("overfitting", "widening_gap", 200)]
+    assert engine.findings[0].evidence["train_loss_at_best_eval"] == pytest.approx(losses[99], rel=0.05)
+    assert run(losses, evals={100: 0.30, 200: 0.42, 300: 0.59}, train_fall=0.9).verdict == "healthy"
+
+
+def test_a_jump_of_the_eval_loss_alone_is_noise() -> None:
+    """+15 % at one evaluation, with the train loss barely moving since the best one: noise, not a widening gap."""
+    losses = decaying(300, 3.0, 1.0)
+    evals = {100: 1.30, 150: 1.25, 200: 1.44, 250: 1.24, 300: 1.23}
+    assert run(losses, evals=evals).verdict == "healthy"
+
+
 def test_noisy_eval_that_recovers_is_not_overfitting() -> None:
     losses = decaying(300, 3.0, 0.4)
     evals = {30: 0.95, 60: 0.87, 90: 0.75, 120: 0.71, 150: 0.69, 180: 0.705, 210: 0.726, 240: 0.647, 270: 0.62, 300: 0.6}

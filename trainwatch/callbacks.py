@@ -74,8 +74,8 @@ class DiagnosisCallback(TrainerCallback):
             has them, when not given; unknown: that item is skipped).
         **thresholds: the rules' thresholds by name: ``max_loss``, ``uniform_factor``, ``rise_factor``,
             ``uniform_margin`` (exploding); ``patience_steps``, ``min_logs``, ``tolerance``, ``confirm_steps``, ``confirm_logs``,
-            ``zero_grad_tolerance`` (flat); ``train_below``, ``val_above``, ``rising_evals``, ``min_rise``
-            (overfitting). See :mod:`trainwatch.rules` for their meaning and defaults; an unknown name is a
+            ``zero_grad_tolerance`` (flat); ``train_below``, ``val_above``, ``rising_evals``, ``min_rise``,
+            ``sharp_rise``, ``train_fall`` (overfitting). See :mod:`trainwatch.rules` for their meaning and defaults; an unknown name is a
             TypeError.
     """
 
@@ -147,13 +147,18 @@ class DiagnosisCallback(TrainerCallback):
             if not self.disabled:
                 self._switch_off("on_step_end", error)
 
-    @_contained
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        logs = logs or {}
-        for finding in self.engine.observe(state.global_step, logs):
-            self._act(finding, state, control)
-        if self._early_loss_due and state.global_step >= self.early_loss_step and LOSS in logs:
-            self._check_early_loss(state)
+        """Contained as ``@_contained`` does, written out: this runs on every logged step, one call less counts."""
+        if self.disabled:
+            return
+        try:
+            logs = logs or {}
+            for finding in self.engine.observe(state.global_step, logs):
+                self._act(finding, state, control)
+            if self._early_loss_due and state.global_step >= self.early_loss_step and LOSS in logs:
+                self._check_early_loss(state)
+        except Exception as error:  # noqa: BLE001 - as _contained
+            self._switch_off("on_log", error)
 
     @_contained
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -301,7 +306,8 @@ class FlatLossDetector(DiagnosisCallback):
 
 
 class OverfittingDetector(DiagnosisCallback):
-    """Watches the train/eval pair only (``train_below``, ``val_above``, ``rising_evals``, ``min_rise``)."""
+    """Watches the train/eval pair only (``train_below``, ``val_above``, ``rising_evals``, ``min_rise``,
+    ``sharp_rise``, ``train_fall``)."""
 
     kinds = (OVERFITTING,)
     report_name = f"diagnosis-{OVERFITTING}"

@@ -12,6 +12,7 @@ import math
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any
 
 LOSS = "loss"
@@ -33,7 +34,7 @@ class Facts:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments fields plus ``lora_r``, ``lora_alpha``, ``lora_dropout`` where known."""
 
-    @property
+    @cached_property
     def uniform_loss(self) -> float | None:
         """Cross-entropy of a uniform guess over the vocabulary: a language model above it knows nothing."""
         return math.log(self.vocab_size) if self.vocab_size and self.vocab_size > 1 else None
@@ -131,6 +132,8 @@ class History:
         self.evals: deque[EvalPoint] = deque(maxlen=eval_window)
         self.best_eval: float | None = None
         self.best_eval_step: int | None = None
+        self.best_eval_train_level: float | None = None
+        """The smoothed train loss when the eval loss was at its best: how far training went on from there."""
         self.eval_start: float | None = None
         self.eval_largest_move = 0.0
 
@@ -198,7 +201,7 @@ class History:
             return
         self.evals.append(EvalPoint(step, value, self.loss_level))
         if self.best_eval is None or value < self.best_eval:
-            self.best_eval, self.best_eval_step = value, step
+            self.best_eval, self.best_eval_step, self.best_eval_train_level = value, step, self.loss_level
         if self.eval_start is None:
             self.eval_start = value
         self.eval_largest_move = max(self.eval_largest_move, _relative_move(value, self.eval_start))

@@ -49,7 +49,7 @@ class ExplodingRule:
     def observe(self, history: History) -> Finding | None:
         if LOSS not in history.latest and GRAD_NORM not in history.latest:
             return None  # nothing this rule reads has changed
-        loss, grad_norm = history[LOSS], history[GRAD_NORM]
+        loss, grad_norm = history.series[LOSS], history.series[GRAD_NORM]
         if history.never_a_loss or loss.last is None:
             return None
         hidden_nan = loss.last == 0.0 and grad_norm.last_step == loss.last_step and not is_finite(grad_norm.last)
@@ -99,12 +99,12 @@ class ExplodingRule:
 
 def _evidence(history: History, **extra: float | int | None) -> dict[str, float | int | None]:
     """The numbers every explosion finding rests on, built only when one is decided (not on every log)."""
-    loss, grad_norm = history[LOSS], history[GRAD_NORM]
+    loss, grad_norm = history.series[LOSS], history.series[GRAD_NORM]
     return {
         "loss": loss.last,
         "lowest_loss_level": history.loss_floor,
         "lowest_loss_step": history.loss_floor_step,
-        "learning_rate": history[LEARNING_RATE].last,
+        "learning_rate": history.series[LEARNING_RATE].last,
         "grad_norm": grad_norm.last,
         "max_grad_norm_seen": grad_norm.max,
         **extra,

@@ -47,7 +47,7 @@ class FlatRule:
     kind: ClassVar[str] = FLAT
 
     def observe(self, history: History) -> Finding | None:
-        loss, grad_norm, lr = history[LOSS], history[GRAD_NORM], history[LEARNING_RATE]
+        loss, grad_norm, lr = history.series[LOSS], history.series[GRAD_NORM], history.series[LEARNING_RATE]
         if loss.count == 0:
             return None
         if history.never_a_loss:
@@ -79,7 +79,7 @@ class FlatRule:
                 {**_evidence(history), "onset_step": since + 1, "loss_level": history.loss_level},
             )
         start = history.plateau_step
-        eval_moved = history[EVAL_LOSS].count > 0 and history.eval_largest_move > self.tolerance
+        eval_moved = history.series[EVAL_LOSS].count > 0 and history.eval_largest_move > self.tolerance
         if (
             start is not None
             and history.step - start >= self.patience_steps
@@ -102,7 +102,7 @@ class FlatRule:
                     "reference_loss": history.plateau_level,
                     "reference_step": start,
                     "largest_move": history.largest_move,
-                    "eval_largest_move": history.eval_largest_move if history[EVAL_LOSS].count else None,
+                    "eval_largest_move": history.eval_largest_move if history.series[EVAL_LOSS].count else None,
                     "max_learning_rate": lr.max,
                 },
             )
@@ -111,4 +111,4 @@ class FlatRule:
 
 def _evidence(history: History) -> dict[str, float | None]:
     """The last values every flat finding quotes, built only when one is decided (not on every log)."""
-    return {"loss": history[LOSS].last, "grad_norm": history[GRAD_NORM].last, "learning_rate": history[LEARNING_RATE].last}
+    return {"loss": history.series[LOSS].last, "grad_norm": history.series[GRAD_NORM].last, "learning_rate": history.series[LEARNING_RATE].last}

@@ -21,6 +21,11 @@ class OverfittingRule:
             widening gap (cause ``widening_gap``); a steady gap, however large, is healthy.
         min_rise: ... provided the eval loss is also this fraction above its best, so that a rise within
             evaluation noise is not called overfitting.
+        sharp_rise: an eval loss this fraction above its best ...
+        train_fall: ... while the smoothed train loss fell by this fraction since that best evaluation is a
+            widening gap at once, at one evaluation (cause ``widening_gap``): the model got much better on its
+            training data and clearly worse on everything else. Evaluation noise does not move both that far
+            together, and a run evaluated only a few times (once an epoch) would never show ``rising_evals`` rises.
 
     A run that never had a finite, positive train loss (all labels -100, logged as 0.0) is never overfitting, and
     memorization is only judged on a loss that is never negative (cross-entropy).
@@ -30,10 +35,12 @@ class OverfittingRule:
     val_above: float = 1.0
     rising_evals: int = 3
     min_rise: float = 0.02
+    sharp_rise: float = 0.1
+    train_fall: float = 0.5
     kind: ClassVar[str] = OVERFITTING
 
     def observe(self, history: History) -> Finding | None:
-        if EVAL_LOSS not in history.latest or not history[LOSS].positive_seen or not history.evals:
+        if EVAL_LOSS not in history.latest or not history.series[LOSS].positive_seen or not history.evals:
             return None  # decided at an evaluation: between two, the train/eval pair it judges does not change
         last = history.evals[-1]
         if last.train_level is None:
@@ -54,6 +61,25 @@ class OverfittingRule:
                 f"train loss {last.train_level:.4g} < {self.train_below:g} while eval loss {last.loss:.4g} > "
                 f"{self.val_above:g}: the model memorised the training set",
                 evidence,
+            )
+        best, at_best = history.best_eval, history.best_eval_train_level
+        if (
+            best is not None
+            and best > 0
+            and at_best is not None
+            and at_best > 0
+            and history.loss_is_nonnegative
+            and last.loss >= best * (1 + self.sharp_rise)
+            and last.train_level <= at_best * (1 - self.train_fall)
+        ):
+            return Finding(
+                self.kind,
+                "widening_gap",
+                history.step,
+                f"eval loss {last.loss:.4g} is {last.loss / best - 1:.0%} above its best {best:.4g} (step "
+                f"{history.best_eval_step}) while train loss fell {at_best:.4g} → {last.train_level:.4g} "
+                f"({1 - last.train_level / at_best:.0%}): better on the training data, worse on everything else",
+                {**evidence, "train_loss_at_best_eval": at_best},
             )
         span = list(history.evals)[-(self.rising_evals + 1) :]
         if len(span) <= self.rising_evals or span[0].train_level is None:
