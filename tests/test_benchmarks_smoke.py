@@ -12,17 +12,24 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
+REALRUNS = Path(__file__).resolve().parents[2] / "shared" / "realruns"
+
+
 @pytest.mark.parametrize(
-    ("script", "expected"),
+    ("script", "args", "expected"),
     [
-        ("detection.py", ["| exploding | trainwatch Diagnoser() (flags) |", "live Diagnoser findings == Engine replay"]),
-        ("overhead.py", ["| wall |", "| CPU |", "one Diagnoser.on_log call in a tight loop"]),
-        ("memory.py", ["| 10,000 |", "ratio last/first segment", "trainwatch.analyze"]),
+        ("detection.py", ["--quick"], ["| exploding | trainwatch Diagnoser() (flags) |", "live Diagnoser findings == Engine replay"]),
+        ("overhead.py", ["--quick"], ["| wall |", "| CPU |", "one Diagnoser.on_log call in a tight loop"]),
+        ("memory.py", ["--quick"], ["| 10,000 |", "ratio last/first segment", "trainwatch.analyze"]),
+        pytest.param(
+            "early_stopping_realruns.py", [str(REALRUNS)], ["| EarlyStopping p=1 |", "| trainwatch |"],
+            marks=pytest.mark.skipif(not REALRUNS.is_dir(), reason=f"{REALRUNS} not present"),
+        ),
     ],
 )
-def test_benchmark_runs(script: str, expected: list[str], tmp_path: Path) -> None:
+def test_benchmark_runs(script: str, args: list[str], expected: list[str], tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--quick"], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True,
                           env=env, cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     for text in expected:
