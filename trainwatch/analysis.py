@@ -4,6 +4,9 @@
 output dir with ``runs/`` and ``checkpoint-N/``, or a trainer_state.json), turns each into the log entries Trainer's
 ``on_log`` saw and replays them through :class:`trainwatch.engine.Engine`, so a run gets the verdict, cause and
 step the live :class:`trainwatch.Diagnoser` gave or would have given.
+
+A TensorBoard run is streamed into the engine (:func:`trainwatch.logs.tensorboard.read_run` reads it in two passes)
+and its curves are decimated as they stream, so memory does not grow with the run's length.
 """
 
 from __future__ import annotations

@@ -52,7 +52,9 @@ EVAL_SIGNAL = 3
 TEXT_TAGS = ("args", "model_config")
 """Text summaries TensorBoardCallback writes at train begin: TrainingArguments and the model config, as JSON."""
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 1 << 18
+"""Bytes read at a time. Larger reads are no faster, and buffers of a MiB or more fragment the heap: a long run's
+peak memory then grows with its length though nothing is kept."""
 _MASK_DELTA = 0xA282EAD8
 _FLOAT = struct.Struct("<f")
 _DOUBLE = struct.Struct("<d")
@@ -590,8 +592,9 @@ _NEVER = 1 << 63
 """A step beyond int64: the limit of a signal that no later marker covers."""
 _ALL = frozenset(range(len(SIGNALS)))
 _EVAL_ONLY = frozenset((EVAL_SIGNAL,))
-_FEED_VALUES = 1 << 16
-"""Kept values buffered before they are handed to the curves' decimators in one numpy step."""
+_FEED_VALUES = 1 << 12
+"""Kept values buffered before they are handed to the curves' decimators in one numpy step (small, for the same
+reason as :data:`CHUNK_BYTES`)."""
 
 
 @dataclass(frozen=True)
