@@ -141,32 +141,42 @@ class History:
         return self.series[signal]
 
     def record(self, step: int, logs: Mapping[str, Any]) -> bool:
-        """Add one log entry (Trainer's keys); returns whether it carried any signal the rules read."""
-        values = {k: float(v) for k, v in logs.items() if k in SIGNALS and isinstance(v, (int, float))}
+        """Add one log entry (Trainer's keys); returns whether it carried any signal the rules read.
+
+        It runs on every logged step, between torch's passes, where each object and function it touches is a cache
+        miss: hence the few calls (``docs/benchmarks.md``, overhead).
+        """
+        values: dict[str, float] = {}
+        for key, value in logs.items():  # not a comprehension: before Python 3.12 that is one more function call
+            if key in SIGNALS and isinstance(value, (int, float)):
+                values[key] = float(value)
         if not values:
             return False
         self.latest = values
-        self.step = max(self.step, step)
-        if LEARNING_RATE in values:
-            self._record_lr(values[LEARNING_RATE])
+        if step > self.step:
+            self.step = step
+        series = self.series
+        lr = values.get(LEARNING_RATE)
+        if lr is not None:
+            previous = series[LEARNING_RATE].last
+            self.lr_rising = previous is not None and math.isfinite(previous) and lr > previous
+            if self.lr_rising:
+                self.plateau_step = None  # still warming up: flatness is judged from the peak on
         for name, value in values.items():
-            self.series[name].add(step, value)
-        if GRAD_NORM in values:
-            self._record_grad_norm(step, values[GRAD_NORM])
-        if LOSS in values:
-            self._record_loss(step, values[LOSS])
-        if EVAL_LOSS in values:
-            self._record_eval(step, values[EVAL_LOSS])
-        loss = self.series[LOSS]
-        self.never_a_loss = loss.min in (None, 0.0) and loss.max in (None, 0.0) and not self.series[GRAD_NORM].positive_seen
-        self.loss_is_nonnegative = loss.min is None or loss.min >= 0
+            series[name].add(step, value)
+        grad_norm = values.get(GRAD_NORM)
+        if grad_norm is not None:
+            self._record_grad_norm(step, grad_norm)
+        loss = values.get(LOSS)
+        if loss is not None and math.isfinite(loss):
+            self._record_loss(step, loss)
+        eval_loss = values.get(EVAL_LOSS)
+        if eval_loss is not None and math.isfinite(eval_loss):
+            self._record_eval(step, eval_loss)
+        low, high = series[LOSS].min, series[LOSS].max
+        self.never_a_loss = low in (None, 0.0) and high in (None, 0.0) and not series[GRAD_NORM].positive_seen
+        self.loss_is_nonnegative = low is None or low >= 0
         return True
-
-    def _record_lr(self, lr: float) -> None:
-        previous = self.series[LEARNING_RATE].last
-        self.lr_rising = is_finite(previous) and lr > previous  # type: ignore[operator]
-        if self.lr_rising:
-            self.plateau_step = None  # still warming up: flatness is judged from the peak on
 
     def _record_grad_norm(self, step: int, value: float) -> None:
         if value == 0.0:
@@ -178,27 +188,27 @@ class History:
             self.last_nonzero_grad_step = step
 
     def _record_loss(self, step: int, value: float) -> None:
-        if not math.isfinite(value):
-            return
-        self.recent_losses.append(value)
-        self.loss_level = _median(self.recent_losses)
-        self.sustained_loss = min(self.recent_losses) if len(self.recent_losses) == self.smoothing else None
+        """A finite train loss: the smoothed level and everything measured from it."""
+        recent = self.recent_losses
+        recent.append(value)
+        self.loss_level = level = _median(recent)
+        self.sustained_loss = min(recent) if len(recent) == self.smoothing else None
         if self.loss_start is None:
             self.loss_start = value
-        if self.loss_floor is None or self.loss_level < self.loss_floor:
-            self.loss_floor, self.loss_floor_step = self.loss_level, step
+        if self.loss_floor is None or level < self.loss_floor:
+            self.loss_floor, self.loss_floor_step = level, step
         if self.zero_grad_since is not None and self.zero_grad_level is None:
-            self.zero_grad_level = self.loss_level  # the zeros began with the run: compare with its first level
+            self.zero_grad_level = level  # the zeros began with the run: compare with its first level
         if self.plateau_step is None:
-            self.plateau_step, self.plateau_level, self.plateau_logs = step, self.loss_level, 0
+            self.plateau_step, self.plateau_level, self.plateau_logs = step, level, 0
         self.plateau_logs += 1
-        self.largest_move = max(
-            self.largest_move, _relative_move(self.loss_level, self.loss_start), _relative_move(self.loss_level, self.plateau_level)
-        )
+        start, plateau = self.loss_start, self.plateau_level
+        move = max(abs(level / start - 1.0) if start else 0.0, abs(level / plateau - 1.0) if plateau else 0.0)
+        if move > self.largest_move:
+            self.largest_move = move
 
     def _record_eval(self, step: int, value: float) -> None:
-        if not math.isfinite(value):
-            return
+        """A finite eval loss, kept with the train level of the same moment."""
         self.evals.append(EvalPoint(step, value, self.loss_level))
         if self.best_eval is None or value < self.best_eval:
             self.best_eval, self.best_eval_step, self.best_eval_train_level = value, step, self.loss_level

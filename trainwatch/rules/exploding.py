@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -53,7 +54,7 @@ class ExplodingRule:
         if history.never_a_loss or loss.last is None:
             return None
         hidden_nan = loss.last == 0.0 and grad_norm.last_step == loss.last_step and not is_finite(grad_norm.last)
-        if not is_finite(loss.last) or hidden_nan:
+        if hidden_nan or not math.isfinite(loss.last):
             onset = min(s for s in (loss.first_nonfinite_step, grad_norm.first_nonfinite_step) if s is not None)
             how = "logged as 0.0 by logging_nan_inf_filter, with a non-finite grad norm" if hidden_nan else f"{loss.last}"
             return Finding(

@@ -47,7 +47,9 @@ class FlatRule:
     kind: ClassVar[str] = FLAT
 
     def observe(self, history: History) -> Finding | None:
-        loss, grad_norm, lr = history.series[LOSS], history.series[GRAD_NORM], history.series[LEARNING_RATE]
+        if history.zero_grad_since is None and history.largest_move > self.tolerance and not history.never_a_loss:
+            return None  # the loss has moved and gradients flow: no cause can hold now (asked on every log)
+        loss, lr = history.series[LOSS], history.series[LEARNING_RATE]
         if loss.count == 0:
             return None
         if history.never_a_loss:
