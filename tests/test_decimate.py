@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from trainwatch.logs.tensorboard import CURVE_BUCKETS, Decimator
+from trainwatch.curves import CURVE_BUCKETS, Decimator
 
 
 def decimate(values: np.ndarray, chunks: list[int] | None = None, buckets: int = CURVE_BUCKETS) -> Decimator:

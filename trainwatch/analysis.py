@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from trainwatch.curves import Decimator
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import KINDS, Finding
 from trainwatch.history import SIGNALS, Facts, History
@@ -28,7 +29,6 @@ from trainwatch.logs import LogReadError
 from trainwatch.logs.tensorboard import (
     EVAL_SIGNAL,
     SIGNAL_TAGS,
-    Decimator,
     FileStats,
     event_files,
     file_timestamp,
@@ -66,7 +66,7 @@ class RunReport:
     curves: Curves = field(default_factory=dict)
     """Each signal's ``(steps, values)`` for plotting, decimated to a bounded size whatever the run's length: every
     value of a short run; of a long one, each bucket's min, max and first NaN/inf (see
-    :class:`~trainwatch.logs.tensorboard.Decimator`), so spikes and non-finite values still show."""
+    :class:`~trainwatch.curves.Decimator`), so spikes and non-finite values still show."""
     entries: int = 0
     error: str | None = None
     """Why nothing of this run could be read (naming the files); its verdict is then ``None``."""

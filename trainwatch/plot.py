@@ -2,7 +2,7 @@
 
 matplotlib is optional (``pip install trainwatch[plot]``) and imported only here, with the Agg backend, so the
 command works on a headless machine and ``trainwatch analyze`` without ``--plot`` never pays for it. The curves come
-decimated (:class:`trainwatch.logs.tensorboard.Decimator`: every value of a short run; of a long one, each bucket's
+decimated (:class:`trainwatch.curves.Decimator`: every value of a short run; of a long one, each bucket's
 min and max, so spikes survive, in a few thousand points whatever the length); values that are not finite cannot be
 drawn as points, so they are marked with a red cross at the top of the axes at their step.
 """
