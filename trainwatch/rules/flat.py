@@ -113,4 +113,5 @@ class FlatRule:
 
 def _evidence(history: History) -> dict[str, float | None]:
     """The last values every flat finding quotes, built only when one is decided (not on every log)."""
-    return {"loss": history.series[LOSS].last, "grad_norm": history.series[GRAD_NORM].last, "learning_rate": history.series[LEARNING_RATE].last}
+    series = history.series
+    return {"loss": series[LOSS].last, "grad_norm": series[GRAD_NORM].last, "learning_rate": series[LEARNING_RATE].last}
