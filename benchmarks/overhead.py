@@ -1,27 +1,34 @@
-"""Overhead of watching: steps/s of the smallest tiny CPU Trainer run with and without ``Diagnoser``, and the cost of
-one ``on_log`` call in isolation relative to a step.
+"""Overhead of watching: how much longer an optimizer step of the smallest tiny CPU Trainer run is with ``Diagnoser``
+than without, and the cost of one ``on_log`` call in isolation.
 
-    python benchmarks/overhead.py            # 15 interleaved pairs of 150-step runs + 20 000 isolated calls
+    python benchmarks/overhead.py            # 3 runs of 9 000 steps, interleaved step by step, + 20 000 isolated calls
     python benchmarks/overhead.py --quick    # for the smoke test
 
-The steady-state step time leaves out the run's start, where the Diagnoser's pre-flight checklist runs once; that
-one-time cost is timed separately, and so is the time spent in the Diagnoser's per-step hooks inside the real runs
-(where caches are shared with torch, unlike in the isolated loop). Runs with and without the callback alternate
-(which one goes first alternates too), so drift in a shared machine's load hits both alike; medians are reported,
-of wall time (what a user sees) and of this process's CPU time (the work done, which other processes on a shared
-machine change much less). A whole-run difference of a fraction of a percent is below the noise of such a machine
-(the ratios move by several percent between repetitions), so the goal is judged on the hooks timed inside the real
-runs, per steady-state step, against the median step; the isolated per-call cost shows how much of that is the
-cold caches a real step leaves behind.
+Steps, not runs, are interleaved. On a shared machine the time of a step drifts by tens of percent from one minute
+to the next, so two whole runs, one with and one without, differ by several percent either way whatever they run.
+Here every run is cut into blocks of three consecutive steps, and each block gives one step, in random order, to each
+arm: *watched* (the Trainer's callback list includes the Diagnoser: all its hooks are dispatched, as for a user),
+*plain* (the same list without it) and *control* (plain again, through a second, identical list). The list is swapped
+at the start of each step, so the three arms see the same load within milliseconds of each other and the step's
+whole cost is measured: the Diagnoser's hooks, their dispatch, and what they do to the caches torch's next passes
+need. The control arm must come out equal to plain: its ratio and interval show what the method itself can resolve.
+The watched Diagnoser sees every log of its own steps (a third of the run's), which costs what a contiguous run's
+logs cost: its hooks' state does not stay in the caches from one step to the next either way.
+
+The Diagnoser's own hooks are also timed inside the watched steps (``perf_counter`` around each call; the wrapper's
+~1 µs is counted in the watched arm, against trainwatch), and one ``on_log`` call is timed in a tight loop, where
+its caches stay warm.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -33,8 +40,11 @@ from trainwatch import Diagnoser  # noqa: E402
 from trainwatch.testing import tiny_trainer  # noqa: E402
 
 SCENARIO = "healthy"
-SKIPPED_STEPS = 5
+SKIPPED_STEPS = 6
 """Steps left out of the timing: the first ones pay for lazy initialisation, not for watching."""
+PLAIN, CONTROL, WATCHED = "plain", "control", "watched"
+ARMS = (PLAIN, CONTROL, WATCHED)
+BOOTSTRAP_SAMPLES = 1000
 
 
 def smallest_arch() -> str:
@@ -45,71 +55,105 @@ def smallest_arch() -> str:
 
 
 class StepClock(TrainerCallback):
-    """The time at the start of each optimizer step: one interval covers a whole step, its logging (and so
-    ``on_log``) included, without the run's fixed setup cost."""
+    """The time at the start of each optimizer step. First in every callback list, so one interval is one whole step:
+    forward, backward, optimizer, and every hook dispatched for it, ``on_log`` included."""
 
     def __init__(self) -> None:
-        self.starts: list[tuple[float, float]] = []
+        self.starts: list[float] = []
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.starts.append((time.perf_counter(), time.process_time()))
+        self.starts.append(time.perf_counter())
 
 
-START_COSTS: list[float] = []
-"""CPU seconds of each watched run's ``Diagnoser.on_train_begin`` (the pre-flight checklist): paid once per run."""
-HOOK_COSTS: list[tuple[float, float]] = []
-"""Per watched run: (median, mean) seconds per steady-state optimizer step spent in the Diagnoser's per-step hooks."""
+class ArmSwitch(TrainerCallback):
+    """Gives each step the callback list of its arm. Trainer iterates over the list it started the event with, so
+    the swap takes effect from this step's next event on."""
+
+    def __init__(self, plan: list[str], lists: dict[str, list[TrainerCallback]], handler: Any) -> None:
+        self.plan, self.lists, self.handler = plan, lists, handler
+
+    def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.handler.callbacks = self.lists[self.plan[state.global_step]]
 
 
-def _timed_hooks(diagnoser: Diagnoser) -> Diagnoser:
-    """Time the Diagnoser's own hooks where they really run: inside a Trainer step, caches shared with torch.
+def block_plan(steps: int, rng: random.Random) -> list[str]:
+    """One step of each arm in every block of three, in random order."""
+    plan: list[str] = []
+    while len(plan) < steps + 3:
+        plan += rng.sample(ARMS, len(ARMS))
+    return plan
 
-    ``perf_counter`` (a vDSO read, ~0.2 µs), not ``process_time`` (a system call, ~1 µs here, which would count
-    in what it measures). The median step is robust to a preemption landing inside a hook; the mean includes the
-    rare costlier calls (the pre-flight's step-10 loss check).
-    """
-    per_step: dict[int, float] = {}
 
-    def timed(hook: Any, per_step_hook: bool) -> Any:
+def time_hooks(diagnoser: Diagnoser, per_step: dict[int, float]) -> list[float]:
+    """Wrap the Diagnoser's per-step hooks to add their time to ``per_step``; returns where ``on_train_begin``'s
+    time (the pre-flight checklist, once a run) goes."""
+    start_costs: list[float] = []
+
+    def timed(hook: Callable[..., Any], sink: Callable[[Any, float], None]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
             start = time.perf_counter()
             result = hook(*args, **kwargs)
-            spent = time.perf_counter() - start
-            if per_step_hook:
-                step = args[1].global_step
-                per_step[step] = per_step.get(step, 0.0) + spent
-            else:
-                START_COSTS.append(spent)
+            sink(args[1], time.perf_counter() - start)
             return result
 
         return call
 
-    def finish(*args: Any, **kwargs: Any) -> Any:
-        steady = [spent for step, spent in per_step.items() if step > SKIPPED_STEPS]
-        HOOK_COSTS.append((statistics.median(steady), statistics.fmean(steady)))
-        return train_end(*args, **kwargs)
+    def per_step_sink(state: Any, spent: float) -> None:
+        per_step[state.global_step] = per_step.get(state.global_step, 0.0) + spent
 
-    train_end = diagnoser.on_train_end
-    diagnoser.on_train_begin = timed(diagnoser.on_train_begin, per_step_hook=False)  # type: ignore[method-assign]
-    diagnoser.on_log = timed(diagnoser.on_log, per_step_hook=True)  # type: ignore[method-assign]
-    diagnoser.on_step_end = timed(diagnoser.on_step_end, per_step_hook=True)  # type: ignore[method-assign]
-    diagnoser.on_train_end = finish  # type: ignore[method-assign]
-    return diagnoser
+    diagnoser.on_train_begin = timed(diagnoser.on_train_begin, lambda state, spent: start_costs.append(spent))  # type: ignore[method-assign]
+    diagnoser.on_log = timed(diagnoser.on_log, per_step_sink)  # type: ignore[method-assign]
+    diagnoser.on_step_end = timed(diagnoser.on_step_end, per_step_sink)  # type: ignore[method-assign]
+    return start_costs
 
 
-def timed_run(arch: str, steps: int, watched: bool) -> tuple[tuple[float, float], list[dict]]:
-    """(wall, CPU) seconds per optimizer step of one run (logging every step, no eval) in its steady state, and its
-    log."""
-    clock = StepClock()
-    callbacks = [clock, _timed_hooks(Diagnoser(report=False))] if watched else [clock]
+class Measurements:
+    """Step times per arm, grouped by block, pooled over runs; the Diagnoser's own costs."""
+
+    def __init__(self) -> None:
+        self.blocks: list[dict[str, float]] = []
+        self.hook_per_step: list[float] = []
+        self.start_costs: list[float] = []
+        self.history: list[dict] = []
+
+    def arm(self, name: str, blocks: list[dict[str, float]] | None = None) -> list[float]:
+        return [block[name] for block in (self.blocks if blocks is None else blocks)]
+
+
+def interleaved_run(arch: str, steps: int, seed: int, into: Measurements) -> float:
+    """One run with its steps dealt to the three arms; returns its watched/plain ratio of median step times."""
+    plan = block_plan(steps, random.Random(seed))
+    clock, diagnoser, per_step = StepClock(), Diagnoser(report=False), {}
+    start_costs = time_hooks(diagnoser, per_step)
     with tempfile.TemporaryDirectory() as output_dir:
-        trainer = tiny_trainer(SCENARIO, output_dir, callbacks=callbacks, arch=arch, report_to="none",
-                               max_steps=steps, eval_strategy="no")
+        trainer = tiny_trainer(SCENARIO, output_dir, arch=arch, report_to="none", max_steps=steps, eval_strategy="no")
         trainer.remove_callback(PrinterCallback)
+        handler = trainer.callback_handler
+        plain = [clock, *handler.callbacks]
+        switch = ArmSwitch(plan, {}, handler)
+        plain.insert(1, switch)
+        switch.lists = {PLAIN: plain, CONTROL: list(plain), WATCHED: [*plain, diagnoser]}
+        handler.callbacks = switch.lists[WATCHED]  # the run starts watched: the Diagnoser's on_train_begin runs
         trainer.train()
-    (wall0, cpu0), (wall1, cpu1) = clock.starts[SKIPPED_STEPS], clock.starts[-1]
-    intervals = len(clock.starts) - 1 - SKIPPED_STEPS
-    return ((wall1 - wall0) / intervals, (cpu1 - cpu0) / intervals), trainer.state.log_history
+    durations = [b - a for a, b in zip(clock.starts, clock.starts[1:])]  # durations[i]: step i + 1, arm plan[i]
+    blocks = []
+    for first in range(SKIPPED_STEPS - SKIPPED_STEPS % 3, len(durations) - 2, 3):
+        blocks.append({plan[i]: durations[i] for i in range(first, first + 3)})
+    into.blocks += blocks
+    into.hook_per_step += [per_step.get(i + 1, 0.0) for i in range(len(durations)) if plan[i] == WATCHED and i >= SKIPPED_STEPS]
+    into.start_costs += start_costs
+    into.history = trainer.state.log_history
+    return statistics.median(into.arm(WATCHED, blocks)) / statistics.median(into.arm(PLAIN, blocks))
+
+
+def ratio_interval(blocks: list[dict[str, float]], arm: str, rng: random.Random) -> tuple[float, float]:
+    """95 % bootstrap interval of median(arm) / median(plain), resampling whole blocks (they are the pairs)."""
+    ratios = []
+    for _ in range(BOOTSTRAP_SAMPLES):
+        sample = rng.choices(blocks, k=len(blocks))
+        ratios.append(statistics.median(b[arm] for b in sample) / statistics.median(b[PLAIN] for b in sample))
+    ratios.sort()
+    return ratios[int(0.025 * BOOTSTRAP_SAMPLES)], ratios[int(0.975 * BOOTSTRAP_SAMPLES) - 1]
 
 
 def on_log_cost(history: list[dict], calls: int) -> float:
@@ -142,41 +186,46 @@ def on_log_cost(history: list[dict], calls: int) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=9000, help="optimizer steps per run (a third per arm)")
     args = parser.parse_args(argv)
-    pairs, steps, calls = (1, 12, 1_000) if args.quick else (15, 150, 20_000)
+    runs, steps, calls = (1, 60, 1_000) if args.quick else (args.runs, args.steps, 20_000)
     torch.set_num_threads(1)
     arch = smallest_arch()
-    timed_run(arch, steps, watched=True)  # warm imports and caches before measuring
-    times: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
-    history: list[dict] = []
-    for i in range(pairs):
-        for flag in (False, True) if i % 2 == 0 else (True, False):
-            per_step, log = timed_run(arch, steps, flag)
-            times[flag].append(per_step)
-            history = log if flag else history
-    per_call = on_log_cost(history, calls)
-    print(f"model: tiny {arch} ({SCENARIO}), {steps} steps per run (first {SKIPPED_STEPS} untimed), logging every "
-          f"step, {pairs} interleaved pairs")
-    print("| clock | without Diagnoser (steps/s) | with Diagnoser (steps/s) | time ratio with/without (median) | "
-          "median of per-pair ratios |")
-    print("|---|---|---|---|---|")
-    for index, clock in enumerate(("wall", "CPU")):
-        plain = [t[index] for t in times[False]]
-        watched = [t[index] for t in times[True]]
-        pair_ratios = [w / p for w, p in zip(watched, plain)]
-        print(f"| {clock} | {1 / statistics.median(plain):.1f} | {1 / statistics.median(watched):.1f} | "
-              f"{statistics.median(watched) / statistics.median(plain):.4f} | {statistics.median(pair_ratios):.4f} |")
-    step_cpu = statistics.median(t[1] for t in times[False])
-    print(f"\none Diagnoser.on_log call in a tight loop (hot caches): {per_call * 1e6:.1f} µs CPU = {per_call / step_cpu:.3%} of a "
-          f"median step ({step_cpu * 1e3:.2f} ms CPU); goal < 0.5 %")
-    median_step = statistics.median(cost[0] for cost in HOOK_COSTS)
-    mean_step = statistics.median(cost[1] for cost in HOOK_COSTS)
-    print(f"Diagnoser's per-step hooks (on_log, on_step_end) timed inside the real runs: median step {median_step * 1e6:.1f} µs "
-          f"= {median_step / step_cpu:.3%}, mean {mean_step * 1e6:.1f} µs = {mean_step / step_cpu:.3%} of a median step "
-          f"(medians over {len(HOOK_COSTS)} runs); goal < 0.5 %")
-    start = statistics.median(START_COSTS)
-    print(f"once per run, Diagnoser.on_train_begin (pre-flight checklist): {start * 1e3:.1f} ms CPU (median of "
-          f"{len(START_COSTS)} runs) = {start / step_cpu:.1f} steps of this model")
+    measured = Measurements()
+    interleaved_run(arch, min(steps, 300), seed=-1, into=Measurements())  # warm imports and caches first
+    run_ratios = [interleaved_run(arch, steps, seed, measured) for seed in range(runs)]
+    per_call = on_log_cost(measured.history, calls)
+
+    plain = statistics.median(measured.arm(PLAIN))
+    print(f"model: tiny {arch} ({SCENARIO}), logging every step, no evaluation; {runs} run(s) of {steps} steps, "
+          f"each block of 3 steps dealt to the 3 arms in random order; {len(measured.blocks)} blocks timed")
+    print("| arm | steps timed | median step (ms) | steps/s | step time vs plain: ratio of medians [95 % CI] | "
+          "median paired difference (µs) |")
+    print("|---|---|---|---|---|---|")
+    rng = random.Random(0)
+    for arm, label in ((PLAIN, "plain (no Diagnoser)"), (CONTROL, "control (no Diagnoser, second list)"),
+                       (WATCHED, "watched (Diagnoser)")):
+        median = statistics.median(measured.arm(arm))
+        if arm == PLAIN:
+            versus, difference = "1", "—"
+        else:
+            low, high = ratio_interval(measured.blocks, arm, rng)
+            versus = f"{median / plain:.4f} [{low:.4f}, {high:.4f}]"
+            paired = statistics.median(b[arm] - b[PLAIN] for b in measured.blocks)
+            difference = f"{paired * 1e6:+.1f} ({paired / plain:+.2%})"
+        print(f"| {label} | {len(measured.blocks)} | {median * 1e3:.3f} | {1 / median:.1f} | {versus} | {difference} |")
+    print(f"watched/plain per run: {', '.join(f'{r:.4f}' for r in run_ratios)}")
+    hooks = measured.hook_per_step
+    print(f"\nDiagnoser's per-step hooks (on_log, on_step_end) timed inside the watched steps: median "
+          f"{statistics.median(hooks) * 1e6:.1f} µs = {statistics.median(hooks) / plain:.3%}, mean "
+          f"{statistics.fmean(hooks) * 1e6:.1f} µs = {statistics.fmean(hooks) / plain:.3%} of a median plain step; "
+          f"goal < 0.5 %")
+    print(f"one Diagnoser.on_log call in a tight loop (warm caches): {per_call * 1e6:.1f} µs CPU = "
+          f"{per_call / plain:.3%} of a median plain step")
+    start = statistics.median(measured.start_costs)
+    print(f"once per run, Diagnoser.on_train_begin (pre-flight checklist): {start * 1e3:.1f} ms (median of "
+          f"{len(measured.start_costs)} runs) = {start / plain:.1f} steps of this model")
     return 0
 
 
