@@ -1,19 +1,19 @@
 """Overhead of watching: how much longer an optimizer step of the smallest tiny CPU Trainer run is with ``Diagnoser``
 than without, and the cost of one ``on_log`` call in isolation.
 
-    python benchmarks/overhead.py            # 3 runs of 9 000 steps, interleaved step by step, + 20 000 isolated calls
+    python benchmarks/overhead.py            # 3 runs of 12 000 steps, interleaved in pairs of steps, + 20 000 isolated calls
     python benchmarks/overhead.py --quick    # for the smoke test
 
 Steps, not runs, are interleaved. On a shared machine the time of a step drifts by tens of percent from one minute
 to the next, so two whole runs, one with and one without, differ by several percent either way whatever they run.
-Here every run is cut into blocks of three consecutive steps, and each block gives one step, in random order, to each
-arm: *watched* (the Trainer's callback list includes the Diagnoser: all its hooks are dispatched, as for a user),
-*plain* (the same list without it) and *control* (plain again, through a second, identical list). The list is swapped
-at the start of each step, so the three arms see the same load within milliseconds of each other and the step's
-whole cost is measured: the Diagnoser's hooks, their dispatch, and what they do to the caches torch's next passes
-need. The control arm must come out equal to plain: its ratio and interval show what the method itself can resolve.
-The watched Diagnoser sees every log of its own steps (a third of the run's), which costs what a contiguous run's
-logs cost: its hooks' state does not stay in the caches from one step to the next either way.
+Here every run is cut into blocks of six consecutive steps, and each block gives two steps in a row, in random
+order, to each arm: *watched* (the Trainer's callback list includes the Diagnoser: all its hooks are dispatched, as
+for a user), *plain* (the same list without it) and *control* (plain again, through a second, identical list). The
+list is swapped at the start of each step, so the arms see the same load within milliseconds of each other. Only
+the second step of each pair is timed: it follows a step of its own arm, as every step of a real run does, so the
+whole cost of watching is in it: the Diagnoser's hooks, their dispatch, and what its previous ``on_log`` did to
+the caches this step's torch passes need. The control arm must come out equal to plain: its ratio and interval show
+what the method itself can resolve.
 
 The Diagnoser's own hooks are also timed inside the watched steps (``perf_counter`` around each call; the wrapper's
 ~1 µs is counted in the watched arm, against trainwatch), and one ``on_log`` call is timed in a tight loop, where
@@ -41,9 +41,10 @@ from trainwatch.testing import tiny_trainer  # noqa: E402
 
 SCENARIO = "healthy"
 SKIPPED_STEPS = 6
-"""Steps left out of the timing: the first ones pay for lazy initialisation, not for watching."""
+"""Steps left out of the timing (a whole block): the first ones pay for lazy initialisation, not for watching."""
 PLAIN, CONTROL, WATCHED = "plain", "control", "watched"
 ARMS = (PLAIN, CONTROL, WATCHED)
+BLOCK = 2 * len(ARMS)
 BOOTSTRAP_SAMPLES = 1000
 
 
@@ -77,10 +78,10 @@ class ArmSwitch(TrainerCallback):
 
 
 def block_plan(steps: int, rng: random.Random) -> list[str]:
-    """One step of each arm in every block of three, in random order."""
+    """The arm of each step: blocks of two steps of each arm in a row, the arms in random order."""
     plan: list[str] = []
-    while len(plan) < steps + 3:
-        plan += rng.sample(ARMS, len(ARMS))
+    while len(plan) < steps + BLOCK:
+        plan += [arm for arm in rng.sample(ARMS, len(ARMS)) for _ in range(2)]
     return plan
 
 
@@ -136,11 +137,10 @@ def interleaved_run(arch: str, steps: int, seed: int, into: Measurements) -> flo
         handler.callbacks = switch.lists[WATCHED]  # the run starts watched: the Diagnoser's on_train_begin runs
         trainer.train()
     durations = [b - a for a, b in zip(clock.starts, clock.starts[1:])]  # durations[i]: step i + 1, arm plan[i]
-    blocks = []
-    for first in range(SKIPPED_STEPS - SKIPPED_STEPS % 3, len(durations) - 2, 3):
-        blocks.append({plan[i]: durations[i] for i in range(first, first + 3)})
+    timed = [range(first + 1, first + BLOCK, 2) for first in range(SKIPPED_STEPS, len(durations) - BLOCK + 1, BLOCK)]
+    blocks = [{plan[i]: durations[i] for i in block} for block in timed]
     into.blocks += blocks
-    into.hook_per_step += [per_step.get(i + 1, 0.0) for i in range(len(durations)) if plan[i] == WATCHED and i >= SKIPPED_STEPS]
+    into.hook_per_step += [per_step.get(i + 1, 0.0) for block in timed for i in block if plan[i] == WATCHED]
     into.start_costs += start_costs
     into.history = trainer.state.log_history
     return statistics.median(into.arm(WATCHED, blocks)) / statistics.median(into.arm(PLAIN, blocks))
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=9000, help="optimizer steps per run (a third per arm)")
+    parser.add_argument("--steps", type=int, default=12_000, help="optimizer steps per run (a third per arm)")
     args = parser.parse_args(argv)
     runs, steps, calls = (1, 60, 1_000) if args.quick else (args.runs, args.steps, 20_000)
     torch.set_num_threads(1)
@@ -199,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
 
     plain = statistics.median(measured.arm(PLAIN))
     print(f"model: tiny {arch} ({SCENARIO}), logging every step, no evaluation; {runs} run(s) of {steps} steps, "
-          f"each block of 3 steps dealt to the 3 arms in random order; {len(measured.blocks)} blocks timed")
+          f"each block of {BLOCK} steps dealt to the 3 arms in pairs, in random order, the second step of each pair timed; "
+          f"{len(measured.blocks)} blocks")
     print("| arm | steps timed | median step (ms) | steps/s | step time vs plain: ratio of medians [95 % CI] | "
           "median paired difference (µs) |")
     print("|---|---|---|---|---|---|")
