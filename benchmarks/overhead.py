@@ -13,7 +13,8 @@ list is swapped at the start of each step, so the arms see the same load within 
 the second step of each pair is timed: it follows a step of its own arm, as every step of a real run does, so the
 whole cost of watching is in it: the Diagnoser's hooks, their dispatch, and what its previous ``on_log`` did to
 the caches this step's torch passes need. The control arm must come out equal to plain: its ratio and interval show
-what the method itself can resolve.
+what the method itself can resolve. The Diagnoser sees the logs of its own steps, a third of the run's; what one
+log costs it does not depend on the steps in between.
 
 The Diagnoser's own hooks are also timed inside the watched steps (``perf_counter`` around each call; the wrapper's
 ~1 µs is counted in the watched arm, against trainwatch), and one ``on_log`` call is timed in a tight loop, where
@@ -72,8 +73,10 @@ class ArmSwitch(TrainerCallback):
     """Gives each step the callback list of its arm. Trainer iterates over the list it started the event with, so
     the swap takes effect from this step's next event on."""
 
-    def __init__(self, plan: list[str], lists: dict[str, list[TrainerCallback]], handler: Any) -> None:
-        self.plan, self.lists, self.handler = plan, lists, handler
+    def __init__(self, plan: list[str], handler: Any) -> None:
+        self.plan, self.handler = plan, handler
+        self.lists: dict[str, list[TrainerCallback]] = {}
+        """Each arm's callback list (filled by the caller: the lists hold this switch too)."""
 
     def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.handler.callbacks = self.lists[self.plan[state.global_step]]
@@ -132,10 +135,9 @@ def interleaved_run(arch: str, steps: int, seed: int, into: Measurements) -> flo
         trainer = tiny_trainer(SCENARIO, output_dir, arch=arch, report_to="none", max_steps=steps, eval_strategy="no")
         trainer.remove_callback(PrinterCallback)
         handler = trainer.callback_handler
-        plain = [clock, *handler.callbacks]
-        switch = ArmSwitch(plan, {}, handler)
-        plain.insert(1, switch)
-        switch.lists = {PLAIN: plain, CONTROL: list(plain), WATCHED: [*plain, diagnoser]}
+        switch = ArmSwitch(plan, handler)
+        plain = [clock, switch, *handler.callbacks]
+        switch.lists.update({PLAIN: plain, CONTROL: list(plain), WATCHED: [*plain, diagnoser]})
         handler.callbacks = switch.lists[WATCHED]  # the run starts watched: the Diagnoser's on_train_begin runs
         trainer.train()
     durations = [b - a for a, b in zip(clock.starts, clock.starts[1:])]  # durations[i]: step i + 1, arm plan[i]
