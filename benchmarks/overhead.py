@@ -209,20 +209,20 @@ def main(argv: list[str] | None = None) -> int:
           "median paired difference (µs) |")
     print("|---|---|---|---|---|---|")
     rng = random.Random(0)
-    interval = (0.0, 0.0)
+    intervals = {arm: ratio_interval(measured.blocks, arm, rng) for arm in (CONTROL, WATCHED)}
     for arm, label in ((PLAIN, "plain (no Diagnoser)"), (CONTROL, "control (no Diagnoser, second list)"),
                        (WATCHED, "watched (Diagnoser)")):
         median = statistics.median(measured.arm(arm))
         if arm == PLAIN:
             versus, difference = "1", "—"
         else:
-            low, high = interval = ratio_interval(measured.blocks, arm, rng)
+            low, high = intervals[arm]
             versus = f"{median / plain:.4f} [{low:.4f}, {high:.4f}]"
             paired = statistics.median(b[arm] - b[PLAIN] for b in measured.blocks)
             difference = f"{paired * 1e6:+.1f} ({paired / plain:+.2%})"
         print(f"| {label} | {len(measured.blocks)} | {median * 1e3:.3f} | {1 / median:.1f} | {versus} | {difference} |")
     print(f"watched/plain per run: {', '.join(f'{r:.4f}' for r in run_ratios)}")
-    low, high = interval
+    low, high = intervals[WATCHED]
     outcome = "met" if high < 1 + GOAL else "not met" if low > 1 + GOAL else "not resolved by this run"
     print(f"goal: watching costs < {GOAL:.1%} of step time — {outcome} (95 % interval of watched/plain: "
           f"{low:.4f}–{high:.4f})")
