@@ -2,6 +2,7 @@
 than without, and the cost of one ``on_log`` call in isolation.
 
     python benchmarks/overhead.py            # 3 runs of 12 000 steps, interleaved in pairs of steps, + 20 000 isolated calls
+    python benchmarks/overhead.py --decompose  # two more arms: History.record alone, Engine.observe alone
     python benchmarks/overhead.py --quick    # for the smoke test
 
 Steps, not runs, are interleaved. On a shared machine the time of a step drifts by tens of percent from one minute
@@ -42,9 +43,14 @@ from trainwatch.testing import tiny_trainer  # noqa: E402
 
 SCENARIO = "healthy"
 PLAIN, CONTROL, WATCHED = "plain", "control", "watched"
-ARMS = (PLAIN, CONTROL, WATCHED)
-BLOCK = 2 * len(ARMS)
-"""Steps per block; the first block is left out of the timing: its steps pay for lazy initialisation."""
+RECORD, OBSERVE = "record", "observe"
+LABELS = {
+    PLAIN: "plain (no Diagnoser)",
+    CONTROL: "control (no Diagnoser, second list)",
+    RECORD: "History.record only (--decompose)",
+    OBSERVE: "Engine.observe only (--decompose)",
+    WATCHED: "watched (Diagnoser)",
+}
 BOOTSTRAP_SAMPLES = 1000
 GOAL = 0.005
 """The issue's goal: watching costs less than 0.5 % of the step time."""
@@ -81,11 +87,29 @@ class ArmSwitch(TrainerCallback):
         self.handler.callbacks = self.lists[self.plan[state.global_step]]
 
 
-def block_plan(steps: int, rng: random.Random) -> list[str]:
+class EngineOnly(TrainerCallback):
+    """Part of the Diagnoser's work, to see where its cost is: its engine fed from ``on_log``, nothing else (with
+    ``record_only``, only the engine's History records the entry; no rule is asked)."""
+
+    def __init__(self, record_only: bool) -> None:
+        self.diagnoser, self.record_only = Diagnoser(report=False), record_only
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.diagnoser.on_train_begin(args, state, control, **kwargs)  # the engine, with the run's facts
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+        engine = self.diagnoser.engine
+        if self.record_only:
+            engine.history.record(state.global_step, logs or {})
+        else:
+            engine.observe(state.global_step, logs or {})
+
+
+def block_plan(steps: int, arms: tuple[str, ...], rng: random.Random) -> list[str]:
     """The arm of each step: blocks of two steps of each arm in a row, the arms in random order."""
     plan: list[str] = []
-    while len(plan) < steps + BLOCK:
-        plan += [arm for arm in rng.sample(ARMS, len(ARMS)) for _ in range(2)]
+    while len(plan) < steps + 2 * len(arms):
+        plan += [arm for arm in rng.sample(arms, len(arms)) for _ in range(2)]
     return plan
 
 
@@ -125,9 +149,11 @@ class Measurements:
         return [block[name] for block in (self.blocks if blocks is None else blocks)]
 
 
-def interleaved_run(arch: str, steps: int, seed: int, into: Measurements) -> float:
-    """One run with its steps dealt to the three arms; returns its watched/plain ratio of median step times."""
-    plan = block_plan(steps, random.Random(seed))
+def interleaved_run(arch: str, steps: int, arms: tuple[str, ...], seed: int, into: Measurements) -> float:
+    """One run with its steps dealt to the arms; returns its watched/plain ratio of median step times. The first
+    block is left out of the timing: its steps pay for lazy initialisation."""
+    block = 2 * len(arms)
+    plan = block_plan(steps, arms, random.Random(seed))
     clock, diagnoser, per_step = StepClock(), Diagnoser(report=False), {}
     start_costs = time_hooks(diagnoser, per_step)
     with tempfile.TemporaryDirectory() as output_dir:
@@ -136,14 +162,16 @@ def interleaved_run(arch: str, steps: int, seed: int, into: Measurements) -> flo
         handler = trainer.callback_handler
         switch = ArmSwitch(plan, handler)
         plain = [clock, switch, *handler.callbacks]
+        partial = {RECORD: EngineOnly(record_only=True), OBSERVE: EngineOnly(record_only=False)}
         switch.lists.update({PLAIN: plain, CONTROL: list(plain), WATCHED: [*plain, diagnoser]})
-        handler.callbacks = switch.lists[WATCHED]  # the run starts watched: the Diagnoser's on_train_begin runs
+        switch.lists.update({arm: [*plain, partial[arm]] for arm in arms if arm in partial})
+        handler.callbacks = [*plain, diagnoser, *(partial[arm] for arm in arms if arm in partial)]  # all begin
         trainer.train()
     durations = [b - a for a, b in zip(clock.starts, clock.starts[1:])]  # durations[i]: step i + 1, arm plan[i]
-    timed = [range(first + 1, first + BLOCK, 2) for first in range(BLOCK, len(durations) - BLOCK + 1, BLOCK)]
-    blocks = [{plan[i]: durations[i] for i in block} for block in timed]
+    timed = [range(first + 1, first + block, 2) for first in range(block, len(durations) - block + 1, block)]
+    blocks = [{plan[i]: durations[i] for i in steps} for steps in timed]
     into.blocks += blocks
-    into.hook_per_step += [per_step.get(i + 1, 0.0) for block in timed for i in block if plan[i] == WATCHED]
+    into.hook_per_step += [per_step.get(i + 1, 0.0) for steps in timed for i in steps if plan[i] == WATCHED]
     into.start_costs += start_costs
     into.history = trainer.state.log_history
     return statistics.median(into.arm(WATCHED, blocks)) / statistics.median(into.arm(PLAIN, blocks))
@@ -190,27 +218,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=12_000, help="optimizer steps per run (a third per arm)")
+    parser.add_argument("--steps", type=int, default=12_000, help="optimizer steps per run (shared by the arms)")
+    parser.add_argument("--decompose", action="store_true",
+                        help="two more arms: the Diagnoser's History.record alone, and its Engine.observe alone")
     args = parser.parse_args(argv)
+    arms = (PLAIN, CONTROL, *((RECORD, OBSERVE) if args.decompose else ()), WATCHED)
     runs, steps, calls = (1, 60, 1_000) if args.quick else (args.runs, args.steps, 20_000)
     torch.set_num_threads(1)
     arch = smallest_arch()
     measured = Measurements()
-    interleaved_run(arch, min(steps, 300), seed=-1, into=Measurements())  # warm imports and caches first
-    run_ratios = [interleaved_run(arch, steps, seed, measured) for seed in range(runs)]
+    interleaved_run(arch, min(steps, 300), arms, seed=-1, into=Measurements())  # warm imports and caches first
+    run_ratios = [interleaved_run(arch, steps, arms, seed, measured) for seed in range(runs)]
     per_call = on_log_cost(measured.history, calls)
 
     plain = statistics.median(measured.arm(PLAIN))
     print(f"model: tiny {arch} ({SCENARIO}), logging every step, no evaluation; {runs} run(s) of {steps} steps, "
-          f"each block of {BLOCK} steps dealt to the {len(ARMS)} arms in pairs, in random order, the second step of each pair timed; "
+          f"each block of {2 * len(arms)} steps dealt to the {len(arms)} arms in pairs, in random order, the second step "
+          f"of each pair timed; "
           f"{len(measured.blocks)} blocks")
     print("| arm | steps timed | median step (ms) | steps/s | step time vs plain: ratio of medians [95 % CI] | "
           "median paired difference (µs) |")
     print("|---|---|---|---|---|---|")
     rng = random.Random(0)
-    intervals = {arm: ratio_interval(measured.blocks, arm, rng) for arm in (CONTROL, WATCHED)}
-    for arm, label in ((PLAIN, "plain (no Diagnoser)"), (CONTROL, "control (no Diagnoser, second list)"),
-                       (WATCHED, "watched (Diagnoser)")):
+    intervals = {arm: ratio_interval(measured.blocks, arm, rng) for arm in arms if arm != PLAIN}
+    for arm in arms:
         median = statistics.median(measured.arm(arm))
         if arm == PLAIN:
             versus, difference = "1", "—"
@@ -219,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             versus = f"{median / plain:.4f} [{low:.4f}, {high:.4f}]"
             paired = statistics.median(b[arm] - b[PLAIN] for b in measured.blocks)
             difference = f"{paired * 1e6:+.1f} ({paired / plain:+.2%})"
-        print(f"| {label} | {len(measured.blocks)} | {median * 1e3:.3f} | {1 / median:.1f} | {versus} | {difference} |")
+        print(f"| {LABELS[arm]} | {len(measured.blocks)} | {median * 1e3:.3f} | {1 / median:.1f} | {versus} | {difference} |")
     print(f"watched/plain per run: {', '.join(f'{r:.4f}' for r in run_ratios)}")
     low, high = intervals[WATCHED]
     outcome = "met" if high < 1 + GOAL else "not met" if low > 1 + GOAL else "not resolved by this run"
