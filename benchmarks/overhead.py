@@ -7,15 +7,15 @@ than without, and the cost of one ``on_log`` call in isolation.
 
 Steps, not runs, are interleaved. On a shared machine the time of a step drifts by tens of percent from one minute
 to the next, so two whole runs, one with and one without, differ by several percent either way whatever they run.
-Here every run is cut into blocks of six consecutive steps, and each block gives two steps in a row, in random
-order, to each arm: *watched* (the Trainer's callback list includes the Diagnoser: all its hooks are dispatched, as
-for a user), *plain* (the same list without it) and *control* (plain again, through a second, identical list). The
-list is swapped at the start of each step, so the arms see the same load within milliseconds of each other. Only
-the second step of each pair is timed: it follows a step of its own arm, as every step of a real run does, so the
-whole cost of watching is in it: the Diagnoser's hooks, their dispatch, and what its previous ``on_log`` did to
-the caches this step's torch passes need. The control arm must come out equal to plain: its ratio and interval show
-what the method itself can resolve. The Diagnoser sees the logs of its own steps, a third of the run's; what one
-log costs it does not depend on the steps in between.
+Here every run is cut into blocks, and each block gives two steps in a row, in random order, to each arm: *watched*
+(the Trainer's callback list includes the Diagnoser: all its hooks are dispatched, as for a user), *plain* (the
+same list without it) and *control* (plain again, through a second, identical list). The list is swapped at the
+start of each step, so the arms see the same load within milliseconds of each other. Only the second step of each
+pair is timed: it follows a step of its own arm, as every step of a real run does, so the whole cost of watching is
+in it: the Diagnoser's hooks, their dispatch, and what its previous ``on_log`` did to the caches this step's torch
+passes need. The control arm must come out equal to plain: its ratio and interval show what the method itself can
+resolve. The Diagnoser sees the logs of its own steps only (a third of the run's, a fifth with ``--decompose``);
+what one log costs it does not depend on the steps in between.
 
 The Diagnoser's own hooks are also timed inside the watched steps (``perf_counter`` around each call; the wrapper's
 ~1 µs is counted in the watched arm, against trainwatch), and one ``on_log`` call is timed in a tight loop, where
@@ -234,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     plain = statistics.median(measured.arm(PLAIN))
     print(f"model: tiny {arch} ({SCENARIO}), logging every step, no evaluation; {runs} run(s) of {steps} steps, "
           f"each block of {2 * len(arms)} steps dealt to the {len(arms)} arms in pairs, in random order, the second step "
-          f"of each pair timed; "
-          f"{len(measured.blocks)} blocks")
+          f"of each pair timed; {len(measured.blocks)} blocks")
     print("| arm | steps timed | median step (ms) | steps/s | step time vs plain: ratio of medians [95 % CI] | "
           "median paired difference (µs) |")
     print("|---|---|---|---|---|---|")
