@@ -19,7 +19,8 @@ REALRUNS = Path(__file__).resolve().parents[2] / "shared" / "realruns"
     ("script", "args", "expected"),
     [
         ("detection.py", ["--quick"], ["| exploding | trainwatch Diagnoser() (flags) |", "live Diagnoser findings == Engine replay"]),
-        ("overhead.py", ["--quick"], ["| plain (no Diagnoser) |", "| watched (Diagnoser) |", "one Diagnoser.on_log call in a tight loop"]),
+        ("overhead.py", ["--quick", "--decompose"], ["| plain (no Diagnoser) |", "| History.record only (--decompose) |",
+                                                  "| watched (Diagnoser) |", "one Diagnoser.on_log call in a tight loop"]),
         ("memory.py", ["--quick"], ["| 10,000 |", "ratio last/first segment", "trainwatch.analyze"]),
         pytest.param(
             "early_stopping_realruns.py", [str(REALRUNS)], ["| EarlyStopping p=1 |", "| trainwatch |"],
