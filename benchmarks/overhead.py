@@ -17,8 +17,8 @@ passes need. The control arm must come out equal to plain: its ratio and interva
 resolve. The Diagnoser sees the logs of its own steps only (a third of the run's, a fifth with ``--decompose``);
 what one log costs it does not depend on the steps in between.
 
-The Diagnoser's own hooks are also timed inside the watched steps (``perf_counter`` around each call; the wrapper's
-~1 µs is counted in the watched arm, against trainwatch), and one ``on_log`` call is timed in a tight loop, where
+The Diagnoser's own hooks are also timed inside the steps of a separate run watched throughout (``perf_counter``
+around each call: no timing code runs in the arms' runs), and one ``on_log`` call is timed in a tight loop, where
 its caches stay warm.
 """
 
@@ -51,6 +51,8 @@ LABELS = {
     OBSERVE: "Engine.observe only (--decompose)",
     WATCHED: "watched (Diagnoser)",
 }
+UNTIMED_STEPS = 10
+"""Steps of the hooks' run left out of its timing: the first ones pay for lazy initialisation."""
 BOOTSTRAP_SAMPLES = 1000
 GOAL = 0.005
 """The issue's goal: watching costs less than 0.5 % of the step time."""
@@ -113,9 +115,15 @@ def block_plan(steps: int, arms: tuple[str, ...], rng: random.Random) -> list[st
     return plan
 
 
-def time_hooks(diagnoser: Diagnoser, per_step: dict[int, float]) -> list[float]:
-    """Wrap the Diagnoser's per-step hooks to add their time to ``per_step``; returns where ``on_train_begin``'s
-    time (the pre-flight checklist, once a run) goes."""
+def hooks_run(arch: str, steps: int) -> tuple[list[float], float, list[dict]]:
+    """A run watched at every step, the Diagnoser's hooks timed where they really run, between torch's passes.
+
+    Returns the seconds its per-step hooks took at each step (the first ``UNTIMED_STEPS`` left out), the seconds of
+    its ``on_train_begin`` (the pre-flight checklist, once a run), and the run's log. It also warms imports and
+    caches before the arms are measured.
+    """
+    diagnoser = Diagnoser(report=False)
+    per_step: dict[int, float] = {}
     start_costs: list[float] = []
 
     def timed(hook: Callable[..., Any], sink: Callable[[Any, float], None]) -> Callable[..., Any]:
@@ -133,29 +141,26 @@ def time_hooks(diagnoser: Diagnoser, per_step: dict[int, float]) -> list[float]:
     diagnoser.on_train_begin = timed(diagnoser.on_train_begin, lambda state, spent: start_costs.append(spent))  # type: ignore[method-assign]
     diagnoser.on_log = timed(diagnoser.on_log, per_step_sink)  # type: ignore[method-assign]
     diagnoser.on_step_end = timed(diagnoser.on_step_end, per_step_sink)  # type: ignore[method-assign]
-    return start_costs
+    with tempfile.TemporaryDirectory() as output_dir:
+        trainer = tiny_trainer(SCENARIO, output_dir, callbacks=[diagnoser], arch=arch, report_to="none",
+                               max_steps=steps, eval_strategy="no")
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    steady = [spent for step, spent in per_step.items() if step > UNTIMED_STEPS]
+    return steady, start_costs[0], trainer.state.log_history
 
 
-class Measurements:
-    """Step times per arm, grouped by block, pooled over runs; the Diagnoser's own costs."""
-
-    def __init__(self) -> None:
-        self.blocks: list[dict[str, float]] = []
-        self.hook_per_step: list[float] = []
-        self.start_costs: list[float] = []
-        self.history: list[dict] = []
-
-    def arm(self, name: str, blocks: list[dict[str, float]] | None = None) -> list[float]:
-        return [block[name] for block in (self.blocks if blocks is None else blocks)]
+def times(blocks: list[dict[str, float]], arm: str) -> list[float]:
+    """The timed step of ``arm`` in each block."""
+    return [block[arm] for block in blocks]
 
 
-def interleaved_run(arch: str, steps: int, arms: tuple[str, ...], seed: int, into: Measurements) -> float:
-    """One run with its steps dealt to the arms; returns its watched/plain ratio of median step times. The first
-    block is left out of the timing: its steps pay for lazy initialisation."""
+def interleaved_run(arch: str, steps: int, arms: tuple[str, ...], seed: int) -> list[dict[str, float]]:
+    """One run with its steps dealt to the arms: per block, each arm's timed step. The first block is left out: its
+    steps pay for lazy initialisation."""
     block = 2 * len(arms)
     plan = block_plan(steps, arms, random.Random(seed))
-    clock, diagnoser, per_step = StepClock(), Diagnoser(report=False), {}
-    start_costs = time_hooks(diagnoser, per_step)
+    clock, diagnoser = StepClock(), Diagnoser(report=False)
     with tempfile.TemporaryDirectory() as output_dir:
         trainer = tiny_trainer(SCENARIO, output_dir, arch=arch, report_to="none", max_steps=steps, eval_strategy="no")
         trainer.remove_callback(PrinterCallback)
@@ -169,12 +174,7 @@ def interleaved_run(arch: str, steps: int, arms: tuple[str, ...], seed: int, int
         trainer.train()
     durations = [b - a for a, b in zip(clock.starts, clock.starts[1:])]  # durations[i]: step i + 1, arm plan[i]
     timed = [range(first + 1, first + block, 2) for first in range(block, len(durations) - block + 1, block)]
-    blocks = [{plan[i]: durations[i] for i in steps} for steps in timed]
-    into.blocks += blocks
-    into.hook_per_step += [per_step.get(i + 1, 0.0) for steps in timed for i in steps if plan[i] == WATCHED]
-    into.start_costs += start_costs
-    into.history = trainer.state.log_history
-    return statistics.median(into.arm(WATCHED, blocks)) / statistics.median(into.arm(PLAIN, blocks))
+    return [{plan[i]: durations[i] for i in steps} for steps in timed]
 
 
 def ratio_interval(blocks: list[dict[str, float]], arm: str, rng: random.Random) -> tuple[float, float]:
@@ -226,44 +226,44 @@ def main(argv: list[str] | None = None) -> int:
     runs, steps, calls = (1, 60, 1_000) if args.quick else (args.runs, args.steps, 20_000)
     torch.set_num_threads(1)
     arch = smallest_arch()
-    measured = Measurements()
-    interleaved_run(arch, min(steps, 300), arms, seed=-1, into=Measurements())  # warm imports and caches first
-    run_ratios = [interleaved_run(arch, steps, arms, seed, measured) for seed in range(runs)]
-    per_call = on_log_cost(measured.history, calls)
+    hooks, start, history = hooks_run(arch, min(steps, 3000))
+    per_run = [interleaved_run(arch, steps, arms, seed) for seed in range(runs)]
+    blocks = [block for run in per_run for block in run]
+    per_call = on_log_cost(history, calls)
 
-    plain = statistics.median(measured.arm(PLAIN))
+    plain = statistics.median(times(blocks, PLAIN))
     print(f"model: tiny {arch} ({SCENARIO}), logging every step, no evaluation; {runs} run(s) of {steps} steps, "
           f"each block of {2 * len(arms)} steps dealt to the {len(arms)} arms in pairs, in random order, the second step "
-          f"of each pair timed; {len(measured.blocks)} blocks")
+          f"of each pair timed; {len(blocks)} blocks")
     print("| arm | steps timed | median step (ms) | steps/s | step time vs plain: ratio of medians [95 % CI] | "
           "median paired difference (µs) |")
     print("|---|---|---|---|---|---|")
     rng = random.Random(0)
-    intervals = {arm: ratio_interval(measured.blocks, arm, rng) for arm in arms if arm != PLAIN}
+    intervals = {arm: ratio_interval(blocks, arm, rng) for arm in arms if arm != PLAIN}
     for arm in arms:
-        median = statistics.median(measured.arm(arm))
+        median = statistics.median(times(blocks, arm))
         if arm == PLAIN:
             versus, difference = "1", "—"
         else:
             low, high = intervals[arm]
             versus = f"{median / plain:.4f} [{low:.4f}, {high:.4f}]"
-            paired = statistics.median(b[arm] - b[PLAIN] for b in measured.blocks)
+            paired = statistics.median(b[arm] - b[PLAIN] for b in blocks)
             difference = f"{paired * 1e6:+.1f} ({paired / plain:+.2%})"
-        print(f"| {LABELS[arm]} | {len(measured.blocks)} | {median * 1e3:.3f} | {1 / median:.1f} | {versus} | {difference} |")
-    print(f"watched/plain per run: {', '.join(f'{r:.4f}' for r in run_ratios)}")
+        print(f"| {LABELS[arm]} | {len(blocks)} | {median * 1e3:.3f} | {1 / median:.1f} | {versus} | {difference} |")
+    ratios = [statistics.median(times(run, WATCHED)) / statistics.median(times(run, PLAIN)) for run in per_run]
+    print(f"watched/plain per run: {', '.join(f'{r:.4f}' for r in ratios)}")
     low, high = intervals[WATCHED]
     outcome = "met" if high < 1 + GOAL else "not met" if low > 1 + GOAL else "not resolved by this run"
     print(f"goal: watching costs < {GOAL:.1%} of step time — {outcome} (95 % interval of watched/plain: "
           f"{low:.4f}–{high:.4f})")
-    hooks = measured.hook_per_step
-    print(f"\nDiagnoser's per-step hooks (on_log, on_step_end) timed inside the watched steps: median "
+    print(f"\nDiagnoser's per-step hooks (on_log, on_step_end) timed inside the steps of a run watched throughout "
+          f"({len(hooks)} steps): median "
           f"{statistics.median(hooks) * 1e6:.1f} µs = {statistics.median(hooks) / plain:.3%}, mean "
           f"{statistics.fmean(hooks) * 1e6:.1f} µs = {statistics.fmean(hooks) / plain:.3%} of a median plain step")
     print(f"one Diagnoser.on_log call in a tight loop (warm caches): {per_call * 1e6:.1f} µs CPU = "
           f"{per_call / plain:.3%} of a median plain step")
-    start = statistics.median(measured.start_costs)
-    print(f"once per run, Diagnoser.on_train_begin (pre-flight checklist): {start * 1e3:.1f} ms (median of "
-          f"{len(measured.start_costs)} runs) = {start / plain:.1f} steps of this model")
+    print(f"once per run, Diagnoser.on_train_begin (pre-flight checklist): {start * 1e3:.1f} ms = "
+          f"{start / plain:.1f} steps of this model")
     return 0
 
 
