@@ -144,7 +144,7 @@ class History:
         """Add one log entry (Trainer's keys); returns whether it carried any signal the rules read.
 
         It runs on every logged step, between torch's passes, where each object and function it touches is a cache
-        miss: hence the few calls. It is about half of what watching costs (``docs/benchmarks.md``, overhead).
+        miss: hence the few calls. It is most of what watching costs (``docs/benchmarks.md``, overhead).
         """
         values: dict[str, float] = {}
         for key, value in logs.items():  # not a comprehension: before Python 3.12 that is one more function call
