@@ -255,3 +255,26 @@ def test_live_truncation_count_with_the_pipelines_max_length(tmp_path: Path) -> 
     # The EOS that marks a whole response comes from the model's config (Llama: 2), as no tokenizer was given.
     assert checks["max sequence length"].status == pf.WARN and checks["max sequence length"].detail.startswith("5 of 11")
     assert checks["examples without targets"].status == pf.WARN
+
+
+def test_a_nan_hidden_as_zero_is_not_progress(tmp_path: Path) -> None:
+    """Trainer's logging_nan_inf_filter logs a window of NaN steps as 0.0 beside a NaN grad norm: not a loss drop."""
+    diagnoser = Diagnoser()
+    trainer = tiny_trainer("non_finite", str(tmp_path), callbacks=[diagnoser], max_steps=12, report_to=[])
+    trainer.train()
+    logged = {e["step"]: (e["loss"], e["grad_norm"]) for e in trainer.state.log_history if "loss" in e}
+    assert logged[1][0] > 0 and logged[10][0] == 0.0 and logged[10][1] != logged[10][1]  # 0.0 beside a NaN, for real
+    [early] = [c for c in diagnoser.checks if c.name == pf.EARLY_LOSS]
+    assert early.status == pf.FAIL and "NaN, logged as 0.0 by logging_nan_inf_filter" in early.detail
+    statuses = {c["name"]: c["status"] for c in _report(tmp_path)["preflight"]["checks"]}
+    assert statuses[pf.EARLY_LOSS] == "fail"
+
+
+def test_early_loss_reads_a_zero_by_what_is_logged_beside_it() -> None:
+    nan, inf = float("nan"), float("inf")
+    assert pf.check_early_loss(4.0, 1, 0.0, 10, last=0.0, grad_norm=nan).status == pf.FAIL
+    assert pf.check_early_loss(4.0, 1, 3.9, 10, last=0.0, grad_norm=inf).status == pf.FAIL  # the level lags the NaN
+    assert pf.check_early_loss(4.0, 1, 0.0, 10, last=0.0, grad_norm=0.5).status == pf.PASS  # a real 0.0 (GRPO-like)
+    assert pf.check_early_loss(4.0, 1, 0.0, 10).status == pf.PASS  # no grad norm known: taken as logged
+    # Never a positive loss is the all-masked signature (flat), not a hidden NaN: "not lower", as before.
+    assert pf.check_early_loss(0.0, 1, 0.0, 10, last=0.0, grad_norm=nan).status == pf.WARN

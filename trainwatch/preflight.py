@@ -255,15 +255,31 @@ def check_memory(used_bytes: int | None, total_bytes: int | None, *, limit: floa
                  "gradient_checkpointing: the longest batch has not come yet")
 
 
-def check_early_loss(start: float, start_step: int, level: float, step: int) -> Check:
+def hidden_nan(loss: float | None, grad_norm: float | None) -> bool:
+    """A loss of exactly 0.0 logged beside a non-finite grad norm: NaN steps hidden by Trainer's
+    ``logging_nan_inf_filter``, which logs a window of them as 0.0 (the exploding rule reads it the same way)."""
+    return loss == 0.0 and grad_norm is not None and not math.isfinite(grad_norm)
+
+
+def check_early_loss(
+    start: float, start_step: int, level: float, step: int, *, last: float | None = None, grad_norm: float | None = None
+) -> Check:
     """The loss has gone down by step 10: if not, something is wrong long before a rule can say what.
 
     ``start`` is the first logged loss, ``level`` the smoothed loss at the first log from step 10 on (later when
-    the first log is itself at step 10 or after: there is nothing to compare before the second one).
+    the first log is itself at step 10 or after: there is nothing to compare before the second one). ``last`` and
+    ``grad_norm``, the loss and grad norm logged at ``step``, tell a NaN hidden as 0.0 (:func:`hidden_nan`) after a
+    positive start from real progress.
     """
     seen = f"{start:.4g} at step {start_step}, {level:.4g} at step {step}"
     if not (math.isfinite(start) and math.isfinite(level)):
         return Check(EARLY_LOSS, FAIL, f"the loss is not finite ({seen})", "see the exploding / flat diagnosis for the cause")
+    if start > 0 and hidden_nan(level if last is None else last, grad_norm):
+        return Check(
+            EARLY_LOSS, FAIL,
+            f"the loss is NaN, logged as 0.0 by logging_nan_inf_filter beside a grad norm of {grad_norm} ({seen})",
+            "see the exploding diagnosis for the cause",
+        )
     if level < start:
         return Check(EARLY_LOSS, PASS, seen.replace(", ", " → "))
     return Check(EARLY_LOSS, WARN, f"{seen}: not lower",
