@@ -1,5 +1,5 @@
 """Every real log in ../shared/realruns (trainer_state.json and event files from public repositories) is analysed
-without error: exit 0 or 1, never 2, never a traceback."""
+without error: exit 0, 1 or 3 (not judged: no train loss), never 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_real_log_is_analysed(path):
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main(["analyze", "--json", str(path)])
-    assert code in (0, 1), err.getvalue()
+    assert code in (0, 1, 3), err.getvalue()
     assert err.getvalue() == ""
 
 

@@ -1,4 +1,5 @@
-"""The ``trainwatch`` command. Exit codes as a linter's: 0 healthy, 1 a failure was diagnosed, 2 bad input.
+"""The ``trainwatch`` command. Exit codes as a linter's: 0 healthy, 1 a failure was diagnosed, 2 bad input, and for
+``analyze`` 3 not judged (no train loss logged and nothing decided: "healthy" would say more than is known).
 
 Each subcommand is a ``_<name>(args) -> int`` registered in :func:`build_parser`; errors a person can fix are one
 line on stderr, never a traceback.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 
 from trainwatch.logs import LogReadError
 
-HEALTHY, FAILURE, BAD_INPUT = 0, 1, 2
+HEALTHY, FAILURE, BAD_INPUT, NOT_JUDGED = 0, 1, 2, 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser(
         "analyze", help="diagnose a finished or crashed run from its logs",
         description="Diagnose runs from TensorBoard event files or trainer_state.json, with the live callback's "
-        "rules. Exit 0: healthy, 1: a failure was diagnosed, 2: bad input.",
+        "rules, and the live callback's own report (<output_dir>/trainwatch/diagnosis.json) where the run has one. "
+        "Exit 0: healthy, 1: a failure was diagnosed, 2: bad input, 3: not judged (no train loss logged).",
     )
     analyze.add_argument(
         "path", help="event file, run directory, directory of runs, Trainer output dir, or trainer_state.json"
@@ -90,7 +92,9 @@ def _analyze(args: argparse.Namespace) -> int:
         print(text, flush=True)
     except BrokenPipeError:  # `trainwatch analyze ... | head`: the reader left, no reason to change the verdict
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - so the interpreter's final flush does not fail
-    return FAILURE if any(r.failed for r in reports) else HEALTHY
+    if any(r.failed for r in reports):
+        return FAILURE
+    return NOT_JUDGED if any(not r.judged for r in reports if not r.error) else HEALTHY
 
 
 def _check(args: argparse.Namespace) -> int:
