@@ -11,6 +11,14 @@ FLAT = "flat"
 OVERFITTING = "overfitting"
 HEALTHY = "healthy"
 KINDS = (EXPLODING, FLAT, OVERFITTING)
+HIGH, MEDIUM = "high", "medium"
+"""A finding's confidence: ``high`` for the lesson's absolute signs (NaN, ≥ 100, train < 0.1 with val > 1.0) and
+changes far above the run's own noise (or confirmed by a second signal); ``medium`` for changes just above it."""
+
+
+def confidence(over_noise: float, threshold: float) -> str:
+    """``high`` when a change stood at least twice the ``threshold`` it needed above the noise, else ``medium``."""
+    return HIGH if over_noise >= 2 * threshold else MEDIUM
 
 
 @dataclass(frozen=True)
@@ -18,7 +26,9 @@ class Finding:
     """One diagnosis: what is wrong (``kind``), why (``cause``), when it was decided, on which numbers, and what to do.
 
     ``step`` is the optimizer step at which the rule decided; ``evidence`` holds the numbers it rests on (plain
-    JSON values); ``fixes`` are ordered, most likely to help first, and concrete where the run's arguments are known.
+    JSON values), including how far above the run's own noise a change was (``*_over_noise``) where noise was
+    measured; ``fixes`` are ordered, most likely to help first, and concrete where the run's arguments are known;
+    ``confidence`` is ``high`` or ``medium`` (see :data:`HIGH`).
     """
 
     kind: str
@@ -27,6 +37,7 @@ class Finding:
     summary: str
     evidence: dict[str, Any] = field(default_factory=dict)
     fixes: list[str] = field(default_factory=list)
+    confidence: str = HIGH
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Any
@@ -33,6 +33,15 @@ class Facts:
     vocab_size: int | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments fields plus ``lora_r``, ``lora_alpha``, ``lora_dropout`` where known."""
+    max_steps: int | None = None
+    """The optimizer steps the run plans to take: "very slowly declining" is judged against how far the loss would
+    get by then at its measured rate."""
+
+    @property
+    def loss_scaler(self) -> bool | None:
+        """Whether fp16 loss scaling (which skips steps with non-finite gradients) is on; None when unknown."""
+        fp16 = self.hyperparameters.get("fp16")
+        return fp16 if isinstance(fp16, bool) else None
 
     @cached_property
     def uniform_loss(self) -> float | None:
@@ -76,6 +85,60 @@ class Series:
 
 
 @dataclass(slots=True)
+class Trend:
+    """The least-squares line through ``(step, value)`` points, from running sums: O(1) memory, a few flops a point.
+
+    What the flat rule asks of a noisy curve: how fast it moves (the slope), how sure that is (the slope's standard
+    error, from the residuals' own scatter) and its mean level. Curvature counts as scatter, which only makes a
+    decision more cautious. Sums are kept relative to the first point, so a million steps lose no precision.
+    """
+
+    n: int = 0
+    x0: float = 0.0
+    y0: float = 0.0
+    sx: float = 0.0
+    sy: float = 0.0
+    sxx: float = 0.0
+    sxy: float = 0.0
+    syy: float = 0.0
+    last_x: float = 0.0
+
+    def add(self, x: float, y: float) -> None:
+        if self.n == 0:
+            self.x0, self.y0 = x, y
+        self.n += 1
+        self.last_x = x
+        x -= self.x0
+        y -= self.y0
+        self.sx += x
+        self.sy += y
+        self.sxx += x * x
+        self.sxy += x * y
+        self.syy += y * y
+
+    @property
+    def span(self) -> float:
+        """Steps between the first and the last point."""
+        return self.last_x - self.x0 if self.n else 0.0
+
+    @property
+    def mean(self) -> float:
+        return self.y0 + self.sy / self.n if self.n else math.nan
+
+    def fit(self) -> tuple[float, float]:
+        """``(slope, standard error of the slope)`` per step; the error is inf with fewer than 3 points."""
+        n = self.n
+        cxx = self.sxx - self.sx * self.sx / n if n else 0.0
+        if n < 2 or cxx <= 0:
+            return 0.0, math.inf
+        slope = (self.sxy - self.sx * self.sy / n) / cxx
+        if n < 3:
+            return slope, math.inf
+        residual = max(0.0, self.syy - self.sy * self.sy / n - slope * (self.sxy - self.sx * self.sy / n))
+        return slope, math.sqrt(residual / (n - 2) / cxx)
+
+
+@dataclass(slots=True)
 class EvalPoint:
     """One evaluation, with the smoothed train loss at the same moment, so the gap can be followed."""
 
@@ -91,14 +154,19 @@ class History:
         smoothing: how many of the last finite train losses make the smoothed *level* (their median); a median of
             three ignores one odd batch without delaying a real trend by more than one log.
         eval_window: how many recent evaluations are kept with their train level.
+        noise_window: how many recent train losses are kept to measure their noise.
     """
 
-    def __init__(self, smoothing: int = 3, eval_window: int = 16, facts: Facts | None = None) -> None:
+    def __init__(
+        self, smoothing: int = 3, eval_window: int = 16, facts: Facts | None = None, noise_window: int = 16
+    ) -> None:
         self.smoothing = smoothing
         self.facts = facts or Facts()
         self.step = 0
         self.series: dict[str, Series] = {name: Series() for name in SIGNALS}
         self.recent_losses: deque[float] = deque(maxlen=smoothing)
+        self.loss_window: deque[float] = deque(maxlen=max(noise_window, smoothing))
+        """The last finite train losses, for their noise (:func:`noise_scale`)."""
         self.loss_level: float | None = None
         """The median of the last ``smoothing`` finite train losses."""
         self.sustained_loss: float | None = None
@@ -116,11 +184,10 @@ class History:
         self.loss_floor_step: int | None = None
         self.plateau_step: int | None = None
         """Step from which the loss is judged for flatness: the first loss once the learning rate stopped rising."""
-        self.plateau_level: float | None = None
-        self.plateau_logs = 0
-        """Finite train losses logged since ``plateau_step``: flatness needs enough of them, not just enough steps."""
-        self.largest_move = 0.0
-        """Largest relative move of the loss level from its start or its plateau reference: has it ever moved?"""
+        self.loss_trend = Trend()
+        """The train losses since ``plateau_step``: their line and scatter."""
+        self.eval_trend = Trend()
+        """The eval losses since ``plateau_step``."""
         self.lr_rising = False
         self.zero_grad_since: int | None = None
         """Step of the last non-zero gradient norm before the current run of exact zeros (None: not in one)."""
@@ -129,13 +196,21 @@ class History:
         """Consecutive grad-norm observations of exactly 0.0."""
         self.zero_grad_level: float | None = None
         """The loss level when the current run of zero grad norms began: real zero gradients leave it unchanged."""
+        self.nonfinite_grad_logs = 0
+        """Consecutive grad-norm observations that were NaN/inf: an fp16 loss scaler skips one step, not many."""
+        self.nonfinite_grad_since: int | None = None
+        """Step of the first of those."""
         self.evals: deque[EvalPoint] = deque(maxlen=eval_window)
         self.best_eval: float | None = None
         self.best_eval_step: int | None = None
         self.best_eval_train_level: float | None = None
         """The smoothed train loss when the eval loss was at its best: how far training went on from there."""
-        self.eval_start: float | None = None
-        self.eval_largest_move = 0.0
+        self.rising_evals = 0
+        """Consecutive evaluations, up to the last, each higher than the one before."""
+        self.eval_excursion = 0.0
+        """How far the eval loss has risen above its best since that best (its highest point minus the best)."""
+        self.eval_recovered = 0.0
+        """The largest such excursion the eval loss came back from (to a new best): its own noise, seen whole."""
 
     def __getitem__(self, signal: str) -> Series:
         return self.series[signal]
@@ -179,6 +254,12 @@ class History:
         return True
 
     def _record_grad_norm(self, step: int, value: float) -> None:
+        if math.isfinite(value):
+            self.nonfinite_grad_logs, self.nonfinite_grad_since = 0, None
+        else:
+            self.nonfinite_grad_logs += 1
+            if self.nonfinite_grad_since is None:
+                self.nonfinite_grad_since = step
         if value == 0.0:
             if self.zero_grad_since is None:
                 self.zero_grad_since, self.zero_grad_level = self.last_nonzero_grad_step, self.loss_level
@@ -191,6 +272,7 @@ class History:
         """A finite train loss: the smoothed level and everything measured from it."""
         recent = self.recent_losses
         recent.append(value)
+        self.loss_window.append(value)
         self.loss_level = level = _median(recent)
         self.sustained_loss = min(recent) if len(recent) == self.smoothing else None
         if self.loss_start is None:
@@ -200,31 +282,56 @@ class History:
         if self.zero_grad_since is not None and self.zero_grad_level is None:
             self.zero_grad_level = level  # the zeros began with the run: compare with its first level
         if self.plateau_step is None:
-            self.plateau_step, self.plateau_level, self.plateau_logs = step, level, 0
-        self.plateau_logs += 1
-        start, plateau = self.loss_start, self.plateau_level
-        move = max(abs(level / start - 1.0) if start else 0.0, abs(level / plateau - 1.0) if plateau else 0.0)
-        if move > self.largest_move:
-            self.largest_move = move
+            self.plateau_step = step
+            self.loss_trend, self.eval_trend = Trend(), Trend()
+        self.loss_trend.add(step, value)
 
     def _record_eval(self, step: int, value: float) -> None:
         """A finite eval loss, kept with the train level of the same moment."""
-        self.evals.append(EvalPoint(step, value, self.loss_level))
+        evals = self.evals
+        self.rising_evals = self.rising_evals + 1 if evals and value > evals[-1].loss else 0
+        evals.append(EvalPoint(step, value, self.loss_level))
         if self.best_eval is None or value < self.best_eval:
             self.best_eval, self.best_eval_step, self.best_eval_train_level = value, step, self.loss_level
-        if self.eval_start is None:
-            self.eval_start = value
-        self.eval_largest_move = max(self.eval_largest_move, _relative_move(value, self.eval_start))
+            self.eval_recovered = max(self.eval_recovered, self.eval_excursion)
+            self.eval_excursion = 0.0
+        else:
+            self.eval_excursion = max(self.eval_excursion, value - self.best_eval)
+        if self.plateau_step is not None and step >= self.plateau_step:
+            self.eval_trend.add(step, value)
 
     def state_dict(self) -> dict[str, Any]:
         """A JSON-able snapshot of everything the rules read (NaN allowed): to compare two histories, or to debug."""
-        state = {k: v for k, v in vars(self).items() if k not in ("series", "recent_losses", "evals", "facts")}
+        skip = ("series", "recent_losses", "loss_window", "evals", "facts", "loss_trend", "eval_trend")
+        state = {k: v for k, v in vars(self).items() if k not in skip}
         state["series"] = {name: asdict(s) for name, s in self.series.items()}
         state["recent_losses"] = list(self.recent_losses)
+        state["loss_window"] = list(self.loss_window)
+        state["loss_trend"], state["eval_trend"] = asdict(self.loss_trend), asdict(self.eval_trend)
         state["evals"] = [asdict(e) for e in self.evals]
         state["eval_window"] = self.evals.maxlen
-        state["facts"] = {"vocab_size": self.facts.vocab_size, "hyperparameters": dict(self.facts.hyperparameters)}
+        state["facts"] = {
+            "vocab_size": self.facts.vocab_size,
+            "max_steps": self.facts.max_steps,
+            "hyperparameters": dict(self.facts.hyperparameters),
+        }
         return state
+
+
+def noise_scale(values: Iterable[float]) -> float | None:
+    """A robust standard deviation of a series' point-to-point noise, blind to a steady trend; None below 4 points.
+
+    Second differences ``x[i] - 2 x[i-1] + x[i-2]`` cancel any straight line, leaving noise of variance 6σ² for
+    independent noise σ; their median absolute value (0.6745 · √6 σ for Gaussian noise) ignores the odd spike.
+    Asked only when a rule is about to decide, never on every log.
+    """
+    points = list(values)
+    if len(points) < 4:
+        return None
+    second = sorted(abs(c - 2 * b + a) for a, b, c in zip(points, points[1:], points[2:]))
+    middle = len(second) // 2
+    median = second[middle] if len(second) % 2 else (second[middle - 1] + second[middle]) / 2
+    return median / (0.6745 * math.sqrt(6))
 
 
 def _median(values: deque[float]) -> float:
@@ -232,9 +339,3 @@ def _median(values: deque[float]) -> float:
     ordered = sorted(values)
     middle = len(ordered) // 2
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
-
-
-def _relative_move(value: float, reference: float | None) -> float:
-    if reference is None or reference == 0:
-        return 0.0
-    return abs(value / reference - 1.0)

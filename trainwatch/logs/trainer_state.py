@@ -101,7 +101,15 @@ def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Fac
         params.update(hyperparameters_from_args(_json_object(folder / "training_args.json")))
         params.update(lora_hyperparameters(_json_object(folder / "adapter_config.json")))
         vocab_size = vocab_size_from_config(_json_object(folder / "config.json")) or vocab_size
-    return Facts(vocab_size=vocab_size, hyperparameters=params)
+    planned = state.get("max_steps") if state else None  # the computed total, unlike the argument of that name
+    max_steps = planned if _is_number(planned) and planned > 0 else planned_steps(params)
+    return Facts(vocab_size=vocab_size, hyperparameters=params, max_steps=int(max_steps) if max_steps else None)
+
+
+def planned_steps(args: Mapping[str, Any]) -> int | None:
+    """The ``max_steps`` argument when it sets the run's length (> 0); an epoch-based run's total is not in it."""
+    value = args.get("max_steps")
+    return int(value) if _is_number(value) and value > 0 else None
 
 
 def latest_checkpoints(output_dir: Path) -> list[Path]:

@@ -6,13 +6,14 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from trainwatch.findings import EXPLODING, Finding
-from trainwatch.history import GRAD_NORM, LEARNING_RATE, LOSS, History, is_finite
+from trainwatch.findings import EXPLODING, HIGH, Finding, confidence
+from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, History, is_finite, noise_scale
 
 
 @dataclass(frozen=True)
 class ExplodingRule:
-    """Decides *exploding* on a non-finite loss, a loss spike, or a sustained rise.
+    """Decides *exploding* on a non-finite loss or gradient, a loss spike, a sustained rise, or a language model
+    that is worse than knowing nothing.
 
     Args:
         max_loss: a logged train loss at or above this, in a run that started below it, is an explosion (cause
@@ -23,47 +24,56 @@ class ExplodingRule:
             of a uniform guess needs confident wrong answers on most tokens, which damaged weights give and one odd
             batch does not. The spike threshold is the lower of this and ``max_loss``.
         rise_factor: every one of the last ``smoothing`` losses at or above ``rise_factor`` × the lowest smoothed
-            level so far, and above where the run began, is a sharp rise (cause ``lr_too_high``). Each condition
-            is needed: a long or odd batch can double a small loss once, but not every time, and a rise that stays
-            below the start has not undone the training.
+            level so far, above where the run began, and ``rise_over_noise`` × the loss's own noise above that
+            level, is a sharp rise (cause ``lr_too_high``). Each condition is needed: a long or odd batch can
+            double a small loss once, but not every time; a rise that stays below the start has not undone the
+            training; and a per-step loss that swings between 2 and 10 around a falling mean swings, it does not
+            rise.
+        rise_over_noise: see ``rise_factor``.
         uniform_margin: for a language model (vocab size known) the uniform guess ln(vocab_size) is the loss of
             a model that knows nothing. A run whose best level was more than ``uniform_margin`` × ln V below it,
             and whose last losses all climbed back to within ``uniform_margin`` of that distance from it, has lost
-            what it learned (cause ``lr_too_high``), however small the ratio to its best.
+            what it learned (cause ``lr_too_high``), however small the ratio to its best. A run that was never
+            below ln V and whose last losses are all more than ``uniform_margin`` above it, no longer falling
+            beyond their noise, is worse than knowing nothing: it exploded before its first log (a high learning
+            rate without warmup or clipping) or stalled on a plateau only a diverged model sits on.
+        nonfinite_grad_logs: a non-finite grad norm beside a finite loss is a step the fp16 loss scaler skipped,
+            harmless on its own, but only where there is a loss scaler (``fp16``); without one (the arguments say
+            ``fp16`` is off) the optimizer applied it, and the weights are NaN. Where the arguments are unknown,
+            this many consecutive non-finite grad norms decide it: a scaler halves its scale at each skip, so a
+            few skips in a row are normal at the start (from its initial 2^16), many are not.
 
     The ratio tests apply to losses that are never negative (cross-entropy); a loss that goes below 0 (DPO, RL
     objectives) is only judged on non-finite values.
 
     A NaN/inf loss is ``non_finite``. With Trainer's default ``logging_nan_inf_filter`` a NaN step is replaced by
     the window's average, and a window of NaN steps is logged as exactly 0.0 beside a NaN grad norm: that
-    signature is read as non-finite too. A run in which no loss was ever computed (every label -100, see
-    ``History.never_a_loss``) is the flat rule's ``no_target_tokens``, not an explosion, so this rule abstains.
-    A non-finite grad norm with a finite loss is a step the fp16 loss scaler skipped, harmless on its own.
+    signature is read as non-finite too, and so is a non-finite eval loss after finite ones, or beside a non-finite
+    grad norm (a held-out set does not pass through a loss scaler). A run in which no loss was ever computed (every
+    label -100, see ``History.never_a_loss``) is the flat rule's ``no_target_tokens``, not an explosion, so this rule
+    abstains.
     """
 
     max_loss: float = 100.0
     uniform_factor: float = 2.0
     rise_factor: float = 2.0
+    rise_over_noise: float = 3.0
     uniform_margin: float = 0.1
+    nonfinite_grad_logs: int = 8
     kind: ClassVar[str] = EXPLODING
 
     def observe(self, history: History) -> Finding | None:
-        if LOSS not in history.latest and GRAD_NORM not in history.latest:
+        latest = history.latest
+        if LOSS not in latest and GRAD_NORM not in latest and EVAL_LOSS not in latest:
             return None  # nothing this rule reads has changed
-        loss, grad_norm = history.series[LOSS], history.series[GRAD_NORM]
+        loss = history.series[LOSS]
         if history.never_a_loss or loss.last is None:
             return None
-        hidden_nan = loss.last == 0.0 and grad_norm.last_step == loss.last_step and not is_finite(grad_norm.last)
-        if hidden_nan or not math.isfinite(loss.last):
-            onset = min(s for s in (loss.first_nonfinite_step, grad_norm.first_nonfinite_step) if s is not None)
-            how = "logged as 0.0 by logging_nan_inf_filter, with a non-finite grad norm" if hidden_nan else f"{loss.last}"
-            return Finding(
-                self.kind,
-                "non_finite",
-                history.step,
-                f"the train loss became non-finite ({how}) at step {onset}, after training normally",
-                _evidence(history, onset_step=onset),
-            )
+        non_finite = self._non_finite(history)
+        if non_finite is not None:
+            return non_finite
+        if LOSS not in latest:
+            return None
         start, uniform = history.loss_start, history.facts.uniform_loss
         spike = min(self.max_loss, self.uniform_factor * uniform) if uniform is not None else self.max_loss
         if loss.last >= spike and start is not None and start < spike:
@@ -78,24 +88,81 @@ class ExplodingRule:
         level, floor = history.sustained_loss, history.loss_floor
         if level is None or floor is None or start is None or floor <= 0 or not history.loss_is_nonnegative:
             return None
+        if uniform is not None and start < self.max_loss and (loss.min or 0.0) >= uniform:
+            return self._worse_than_uniform(history, level, uniform)
         rose = level >= self.rise_factor * floor and level > start
         learned = uniform is not None and uniform - floor >= self.uniform_margin * uniform
         forgot = learned and uniform - level <= self.uniform_margin * (uniform - floor)  # type: ignore[operator]
-        if rose or forgot:
-            worse = (
-                f"worse than where it started ({start:.4g})" if rose else f"back at a uniform guess (ln vocab = {uniform:.4g})"
+        if not (rose or forgot):
+            return None
+        noise = noise_scale(history.loss_window)
+        over = (level - floor) / noise if noise else None
+        if over is not None and over < self.rise_over_noise:
+            return None  # it swings that far all the time
+        worse = (
+            f"worse than where it started ({start:.4g})" if rose else f"back at a uniform guess (ln vocab = {uniform:.4g})"
+        )
+        return Finding(
+            self.kind,
+            "lr_too_high",
+            history.step,
+            f"the loss rose from {floor:.4g} (step {history.loss_floor_step}) to ≥ {level:.4g} for "
+            f"{history.smoothing} logs, {level / floor:.1f}× its best and {worse}"
+            + (f"; {over:.1f}× its noise" if over is not None else ""),
+            _evidence(
+                history, loss_level=level, start_loss=start, uniform_loss=uniform, onset_step=history.loss_floor_step,
+                rise_over_noise=over,
+            ),
+            confidence=HIGH if over is None else confidence(over, self.rise_over_noise),
+        )
+
+    def _non_finite(self, history: History) -> Finding | None:
+        """NaN/inf in the loss (also hidden by Trainer's filter), in the gradients beyond a scaler's skip, or in a
+        previously finite eval loss."""
+        loss, grad_norm, eval_loss = history.series[LOSS], history.series[GRAD_NORM], history.series[EVAL_LOSS]
+        grad_bad = grad_norm.last_step == history.step and not is_finite(grad_norm.last)
+        hidden_nan = loss.last == 0.0 and grad_norm.last_step == loss.last_step and not is_finite(grad_norm.last)
+        eval_bad = EVAL_LOSS in history.latest and not is_finite(eval_loss.last)
+        if hidden_nan or not is_finite(loss.last):
+            how = "logged as 0.0 by logging_nan_inf_filter, with a non-finite grad norm" if hidden_nan else f"{loss.last}"
+            what = f"the train loss became non-finite ({how})"
+        elif grad_bad and history.facts.loss_scaler is False:
+            what = f"the grad norm became {grad_norm.last} with fp16 loss scaling off: the optimizer applied it"
+        elif grad_bad and history.nonfinite_grad_logs >= self.nonfinite_grad_logs:
+            what = f"the grad norm was non-finite at {history.nonfinite_grad_logs} logs in a row, more than a loss scaler skips"
+        elif eval_bad and (eval_loss.count > eval_loss.nonfinite or grad_bad):
+            what = f"the eval loss became {eval_loss.last}" + (
+                " after finite evaluations" if eval_loss.count > eval_loss.nonfinite else " beside a non-finite grad norm"
             )
-            return Finding(
-                self.kind,
-                "lr_too_high",
-                history.step,
-                f"the loss rose from {floor:.4g} (step {history.loss_floor_step}) to ≥ {level:.4g} for "
-                f"{history.smoothing} logs, {level / floor:.1f}× its best and {worse}",
-                _evidence(
-                    history, loss_level=level, start_loss=start, uniform_loss=uniform, onset_step=history.loss_floor_step
-                ),
-            )
-        return None
+        else:
+            return None
+        steps = (loss.first_nonfinite_step, history.nonfinite_grad_since, eval_loss.first_nonfinite_step if eval_bad else None, history.step)
+        onset = min(s for s in steps if s is not None)
+        return Finding(
+            self.kind, "non_finite", history.step, f"{what} at step {onset}, after training normally",
+            _evidence(history, onset_step=onset),
+        )
+
+    def _worse_than_uniform(self, history: History, level: float, uniform: float) -> Finding | None:
+        """Never below a uniform guess, the last losses all well above it, and no longer falling beyond the noise."""
+        half = history.smoothing
+        if level < (1 + self.uniform_margin) * uniform or len(history.loss_window) < 2 * half:
+            return None
+        values = list(history.loss_window)[-2 * half :]
+        fall = (sum(values[:half]) - sum(values[half:])) / half
+        noise = noise_scale(values) or 0.0
+        if fall > self.rise_over_noise * noise / math.sqrt(half):
+            return None  # still coming down from its first logs: wait and see where it settles
+        first = history.series[LOSS].first
+        return Finding(
+            self.kind,
+            "lr_too_high",
+            history.step,
+            f"the train loss has stayed above a uniform guess ln(vocab) = {uniform:.4g} since its first log "
+            f"({first:.4g}), now ≥ {level:.4g} and no longer falling: the model is worse than knowing nothing, "
+            "its weights blew up (before the first log, if it started there)",
+            _evidence(history, loss_level=level, start_loss=first, uniform_loss=uniform, onset_step=history.series[LOSS].first_step),
+        )
 
 
 def _evidence(history: History, **extra: float | int | None) -> dict[str, float | int | None]:

@@ -5,8 +5,44 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from trainwatch.findings import FLAT, Finding
-from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, History
+from trainwatch.findings import FLAT, HIGH, MEDIUM, Finding
+from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, History, Trend, noise_scale
+
+
+@dataclass(frozen=True)
+class Movement:
+    """How far a curve moved since the warmup ended, and how far it would get by the planned last step.
+
+    Falls are fractions of the curve's mean level (positive: the loss went down; negative: it rose). ``noise`` is
+    the fall's standard error as a fraction of that level, from the curve's own scatter around its line.
+    """
+
+    fall: float
+    projected_fall: float
+    noise: float
+    level: float
+    """Where the line ends: the curve's current level, less noisy than its last value."""
+
+    @classmethod
+    def of(cls, trend: Trend, plan_end: float) -> Movement | None:
+        mean = trend.mean
+        if trend.n < 3 or not mean > 0:
+            return None
+        slope, error = trend.fit()
+        span = trend.span
+        level = mean + slope * (trend.last_x - trend.x0 - trend.sx / trend.n)
+        projected = -slope * (max(plan_end, trend.last_x) - trend.x0) / mean
+        return cls(-slope * span / mean, projected, error * span / mean, level)
+
+    def is_flat(self, tolerance: float, significance: float) -> bool:
+        """Within ``tolerance`` of where it began, both ways, even at ``significance`` standard errors, and on
+        course to end within it."""
+        margin = significance * self.noise
+        return self.fall + margin < tolerance and self.fall - margin > -tolerance and abs(self.projected_fall) < tolerance
+
+    def is_learning(self, tolerance: float, significance: float) -> bool:
+        """Fell beyond its noise and is on course to fall more than ``tolerance`` by the end."""
+        return self.fall > significance * self.noise and self.projected_fall >= tolerance
 
 
 @dataclass(frozen=True)
@@ -19,10 +55,18 @@ class FlatRule:
             under a long warmup is never judged.
         min_logs: ... and train losses logged over them, so that a run logged every 500 steps is not judged on
             two points.
-        tolerance: "flat" means the smoothed train loss (and the eval loss, when there is one) never moved more
-            than this fraction away from its starting level. 2 %, not 5 %: a healthy run with a small batch can
-            learn as slowly as 4 % in 50 steps, while a learning rate that is really too low moves it well under
-            1 %.
+        tolerance: the lesson's "barely moves — flat or very slowly declining", against the run's own noise and
+            length: the straight line through the train losses since warmup must have fallen less than this
+            fraction of their level even at ``significance`` standard errors (so noise cannot hide a fall), *and*
+            at that rate the loss would end within it by the planned last step (``Facts.max_steps``; the last step
+            seen when unknown). A slow but real learner (4 % per 50 steps over a long run) projects far beyond it;
+            pure noise around a constant projects to nothing.
+        significance: standard errors a fall must stand out from the noise by: on the train losses, to count as
+            "fell" at all; on the eval losses, to veto a flat call. About 95 % one-sided confidence at 2.
+        min_evals: evaluations since warmup, over ``patience_steps``, that make the eval loss evidence on its own:
+            an eval loss that is flat by the same test (the least noisy signal a run has) makes the run flat while
+            the train loss falls less than twice the tolerance. An eval loss that is clearly learning (three
+            evaluations are enough to show it) vetoes flat.
         confirm_steps: optimizer steps a certain cause must hold before it is decided: a loss that was never
             anything but 0.0 or NaN beside a grad norm that was never positive (``no_target_tokens``: every label
             is -100, so the loss is NaN, or 0.0 after Trainer's NaN filter), or a grad norm of exactly 0.0 while
@@ -31,8 +75,7 @@ class FlatRule:
         confirm_logs: ... and consecutive zero grad norms logged over them.
         zero_grad_tolerance: while the grad norm is 0 the smoothed loss must also stay within this fraction of its
             level when the zeros began (without gradients it cannot move: if it does, the logged norm is not the
-            gradient that trains the model, as with some optimizers' skipped steps). Wider than ``tolerance``
-            because it is judged after a few logs, not after ``patience_steps``.
+            gradient that trains the model, as with some optimizers' skipped steps).
 
     A loss that is 0.0 beside a positive grad norm is a real objective that happens to be 0 (GRPO logs that), and a
     loss that goes negative is not a cross-entropy: ``lr_too_low`` is only judged on a positive loss level.
@@ -40,15 +83,15 @@ class FlatRule:
 
     patience_steps: int = 50
     min_logs: int = 5
-    tolerance: float = 0.02
+    tolerance: float = 0.05
+    significance: float = 2.0
+    min_evals: int = 5
     confirm_steps: int = 5
     confirm_logs: int = 3
     zero_grad_tolerance: float = 0.05
     kind: ClassVar[str] = FLAT
 
     def observe(self, history: History) -> Finding | None:
-        if history.zero_grad_since is None and history.largest_move > self.tolerance and not history.never_a_loss:
-            return None  # the loss has moved and gradients flow: no cause can hold now (asked on every log)
         loss, lr = history.series[LOSS], history.series[LEARNING_RATE]
         if loss.count == 0:
             return None
@@ -63,52 +106,88 @@ class FlatRule:
                 "no example has a label other than -100",
                 {**_evidence(history), "logged_losses": loss.count, "non_finite_losses": loss.nonfinite},
             )
+        if history.zero_grad_since is not None:
+            return self._zero_gradients(history)
+        return self._not_learning(history)
+
+    def _zero_gradients(self, history: History) -> Finding | None:
         since, before, now = history.zero_grad_since, history.zero_grad_level, history.loss_level
+        lr = history.series[LEARNING_RATE].last
         loss_flat = before is not None and now is not None and before > 0 and abs(now / before - 1) <= self.zero_grad_tolerance
         if (
-            since is not None
-            and history.step - since >= self.confirm_steps
-            and history.zero_grad_logs >= self.confirm_logs
-            and loss_flat
-            and lr.last != 0.0
+            since is None
+            or history.step - since < self.confirm_steps
+            or history.zero_grad_logs < self.confirm_logs
+            or not loss_flat
+            or lr == 0.0
         ):
-            return Finding(
-                self.kind,
-                "zero_gradients",
-                history.step,
-                f"the grad norm has been exactly 0.0 since step {since + 1} while the learning rate is "
-                f"{lr.last}: no gradient reaches the trainable parameters",
-                {**_evidence(history), "onset_step": since + 1, "loss_level": history.loss_level},
-            )
-        start = history.plateau_step
-        eval_moved = history.series[EVAL_LOSS].count > 0 and history.eval_largest_move > self.tolerance
+            return None
+        return Finding(
+            self.kind,
+            "zero_gradients",
+            history.step,
+            f"the grad norm has been exactly 0.0 since step {since + 1} while the learning rate is "
+            f"{lr}: no gradient reaches the trainable parameters",
+            {**_evidence(history), "onset_step": since + 1, "loss_level": history.loss_level},
+        )
+
+    def _not_learning(self, history: History) -> Finding | None:
+        """``lr_too_low``: the train loss (or, as strong evidence, the eval loss) barely moves for the whole plan."""
+        start, trend = history.plateau_step, history.loss_trend
         if (
-            start is not None
-            and history.step - start >= self.patience_steps
-            and history.plateau_logs >= self.min_logs
-            and history.plateau_level is not None
-            and history.plateau_level > 0
-            and history.loss_is_nonnegative
-            and history.largest_move <= self.tolerance
-            and not eval_moved
+            start is None
+            or history.step - start + 1 < self.patience_steps
+            or trend.n < self.min_logs
+            or not history.loss_is_nonnegative
+            or LOSS not in history.latest and EVAL_LOSS not in history.latest
         ):
-            return Finding(
-                self.kind,
-                "lr_too_low",
-                history.step,
-                f"the loss stayed within {history.largest_move:.1%} of {history.plateau_level:.4g} for "
-                f"{history.step - start} steps at learning rate {lr.last}",
-                {
-                    **_evidence(history),
-                    "loss_level": history.loss_level,
-                    "reference_loss": history.plateau_level,
-                    "reference_step": start,
-                    "largest_move": history.largest_move,
-                    "eval_largest_move": history.eval_largest_move if history.series[EVAL_LOSS].count else None,
-                    "max_learning_rate": lr.max,
-                },
-            )
-        return None
+            return None
+        plan_end = history.facts.max_steps or history.step
+        train = Movement.of(trend, plan_end)
+        if train is None or self._learned_before(history, train.level):
+            return None
+        evals = history.eval_trend
+        held_out = Movement.of(evals, plan_end)
+        if held_out is not None and held_out.is_learning(self.tolerance, self.significance):
+            return None
+        judged_evals = evals.n >= self.min_evals and evals.span + 1 >= self.patience_steps
+        train_flat = train.is_flat(self.tolerance, self.significance)
+        eval_flat = judged_evals and held_out is not None and held_out.is_flat(self.tolerance, self.significance)
+        if not (train_flat or eval_flat and train.fall + self.significance * train.noise < 2 * self.tolerance):
+            return None
+        lr = history.series[LEARNING_RATE]
+        on = "train loss" if train_flat else "eval loss"
+        planned = f" (on course for {train.projected_fall:.1%} by step {plan_end})" if history.facts.max_steps else ""
+        return Finding(
+            self.kind,
+            "lr_too_low",
+            history.step,
+            f"the {on} barely moves: the train loss fell {train.fall:.1%} of its level {trend.mean:.4g} over "
+            f"{history.step - start + 1} steps since step {start}{planned}"
+            + (f", the eval loss {held_out.fall:.1%}" if held_out is not None else "")
+            + (f", at learning rate {lr.last:g}" if lr.last is not None else ""),
+            {
+                **_evidence(history),
+                "decided_on": on,
+                "loss_level": train.level,
+                "reference_step": start,
+                "train_fall": train.fall,
+                "train_fall_noise": train.noise,
+                "projected_fall": train.projected_fall,
+                "planned_steps": history.facts.max_steps,
+                "eval_fall": held_out.fall if held_out is not None else None,
+                "eval_projected_fall": held_out.projected_fall if held_out is not None else None,
+                "max_learning_rate": lr.max,
+            },
+            confidence=HIGH if train_flat and (eval_flat or held_out is None) else MEDIUM,
+        )
+
+    def _learned_before(self, history: History, level: float) -> bool:
+        """The loss already fell more than ``tolerance`` (beyond its noise) from its first logged value, before or
+        during the warmup: a run that learned and then levelled off has converged, it is not flat."""
+        first = history.loss_start
+        noise = noise_scale(history.loss_window) or 0.0
+        return first is not None and first - level > self.tolerance * first + self.significance * noise
 
 
 def _evidence(history: History) -> dict[str, float | None]:

@@ -2,39 +2,56 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import islice
 from typing import ClassVar
 
-from trainwatch.findings import OVERFITTING, Finding
-from trainwatch.history import EVAL_LOSS, LOSS, History
+from trainwatch.findings import MEDIUM, OVERFITTING, Finding, confidence
+from trainwatch.history import EVAL_LOSS, LOSS, History, noise_scale
 
 
 @dataclass(frozen=True)
 class OverfittingRule:
     """Decides *overfitting* from the train/eval pair, at each evaluation.
 
+    A widening gap is the eval loss going up while the train loss goes down, each beyond its own noise: the eval
+    loss's noise is measured on its last ``noise_evals`` evaluations (a run whose eval swings ±15 % has to rise
+    further than one whose eval moves in the fourth digit), the train loss's on its last logged values. And a rise
+    no higher above the best than one the eval loss has already come back from (to a new best) is that same swing
+    again, not overfitting.
+
     Args:
         train_below: a smoothed train loss below this ...
         val_above: ... while the eval loss is above this is memorization (cause ``memorization``).
-        rising_evals: the eval loss rising over this many consecutive evaluations while the train loss falls is a
-            widening gap (cause ``widening_gap``); a steady gap, however large, is healthy.
-        min_rise: ... provided the eval loss is also this fraction above its best, so that a rise within
-            evaluation noise is not called overfitting.
-        sharp_rise: an eval loss this fraction above its best ...
-        train_fall: ... while the smoothed train loss fell by this fraction since that best evaluation is a
-            widening gap at once, at one evaluation (cause ``widening_gap``): the model got much better on its
-            training data and clearly worse on everything else. Evaluation noise does not move both that far
-            together, and a run evaluated only a few times (once an epoch) would never show ``rising_evals`` rises.
+        rising_evals: the eval loss rising over this many consecutive evaluations while the train loss falls, and
+            ending ``rise_over_noise`` above its best, is a widening gap (cause ``widening_gap``), however small
+            the rise: a steady gap, however large, is healthy.
+        rise_over_noise: how many times the eval loss's own noise a rise above its best must be to count (the
+            noise of a difference of two evaluations, √2 × that of one).
+        min_rise: a rise of less than this fraction of the best eval loss is too small to matter, however far
+            above the noise of an eval loss that moves in its fourth digit.
+        noise_evals: the recent evaluations whose scatter is the eval loss's noise (at least 4 are needed).
+        significance: how many times its own noise the train loss must have fallen to count as falling.
+        sharp_rise: an eval loss this fraction above its best, standing out of its noise, while the train loss
+            fell since that best evaluation, is a widening gap at once, at one evaluation: a run evaluated only a
+            few times (once an epoch) would never show ``rising_evals`` rises. Where the eval loss's noise cannot
+            be measured yet (fewer than 4 evaluations), the train loss must instead have fallen by ``train_fall``
+            since the best evaluation, or the eval loss have risen at each of the last two evaluations.
+        train_fall: see ``sharp_rise``; two consecutive rises from the best evaluation are enough too when the
+            train loss fell this fraction over them (a gap that goes from nothing to most of the loss).
 
     A run that never had a finite, positive train loss (all labels -100, logged as 0.0) is never overfitting, and
-    memorization is only judged on a loss that is never negative (cross-entropy).
+    the ratio tests are only made on a loss that is never negative (cross-entropy).
     """
 
     train_below: float = 0.1
     val_above: float = 1.0
     rising_evals: int = 3
-    min_rise: float = 0.02
+    rise_over_noise: float = 3.0
+    min_rise: float = 0.005
+    noise_evals: int = 8
+    significance: float = 2.0
     sharp_rise: float = 0.1
     train_fall: float = 0.5
     kind: ClassVar[str] = OVERFITTING
@@ -42,8 +59,9 @@ class OverfittingRule:
     def observe(self, history: History) -> Finding | None:
         if EVAL_LOSS not in history.latest or not history.series[LOSS].positive_seen or not history.evals:
             return None  # decided at an evaluation: between two, the train/eval pair it judges does not change
-        last = history.evals[-1]
-        if last.train_level is None:
+        evals = history.evals
+        last = evals[-1]
+        if last.train_level is None or not history.loss_is_nonnegative:
             return None
         evidence = {
             "train_loss": last.train_level,
@@ -53,7 +71,7 @@ class OverfittingRule:
             "best_eval_step": history.best_eval_step,
             "onset_step": history.best_eval_step,
         }
-        if last.train_level < self.train_below and last.loss > self.val_above and history.loss_is_nonnegative:
+        if last.train_level < self.train_below and last.loss > self.val_above:
             return Finding(
                 self.kind,
                 "memorization",
@@ -63,39 +81,47 @@ class OverfittingRule:
                 evidence,
             )
         best, at_best = history.best_eval, history.best_eval_train_level
-        if (
-            best is not None
-            and best > 0
-            and at_best is not None
-            and at_best > 0
-            and history.loss_is_nonnegative
-            and last.loss >= best * (1 + self.sharp_rise)
-            and last.train_level <= at_best * (1 - self.train_fall)
-        ):
-            return Finding(
-                self.kind,
-                "widening_gap",
-                history.step,
-                f"eval loss {last.loss:.4g} is {last.loss / best - 1:.0%} above its best {best:.4g} (step "
-                f"{history.best_eval_step}) while train loss fell {at_best:.4g} → {last.train_level:.4g} "
-                f"({1 - last.train_level / at_best:.0%}): better on the training data, worse on everything else",
-                {**evidence, "train_loss_at_best_eval": at_best},
-            )
-        span = list(history.evals)[-(self.rising_evals + 1) :]
-        if len(span) <= self.rising_evals or span[0].train_level is None:
+        if best is None or best <= 0 or at_best is None or at_best <= 0 or last.loss <= best:
             return None
-        rising = all(b.loss > a.loss for a, b in pairwise(span))
-        train_falling = span[-1].train_level < span[0].train_level
-        above_best = history.best_eval is not None and last.loss > history.best_eval * (1 + self.min_rise)
-        if rising and train_falling and above_best:
-            first_gap = span[0].loss - span[0].train_level
-            return Finding(
-                self.kind,
-                "widening_gap",
-                history.step,
-                f"eval loss rose over {self.rising_evals} evaluations ({span[0].loss:.4g} → {last.loss:.4g}) while "
-                f"train loss fell ({span[0].train_level:.4g} → {last.train_level:.4g}); the gap widened "
-                f"{first_gap:.3g} → {evidence['gap']:.3g}",
-                {**evidence, "gap_before": first_gap, "rising_evals": self.rising_evals},
-            )
-        return None
+        rise = last.loss - best
+        eval_noise = noise_scale(e.loss for e in islice(evals, max(0, len(evals) - self.noise_evals), None))
+        # two evaluations differ by √2 × the noise of one: that is the scale a rise above the best is measured in
+        over = rise / (eval_noise * math.sqrt(2)) if eval_noise else (None if eval_noise is None else math.inf)
+        stands_out = over is not None and over >= self.rise_over_noise
+        streak = history.rising_evals
+        streak_start = evals[-1 - streak] if streak < len(evals) else None
+        from_best = streak_start is not None and streak_start.step == history.best_eval_step
+        train_fell = 1 - last.train_level / at_best
+        train_falling = streak_start is not None and self._train_fell(history, streak_start.train_level, last.train_level)
+        evidence = {**evidence, "rise_over_noise": over, "rising_evals": streak, "train_loss_at_best_eval": at_best}
+
+        if rise < self.min_rise * best or rise <= history.eval_recovered:
+            return None  # too small to matter, or a swing the eval loss has already come back from
+        if streak >= self.rising_evals and train_falling and stands_out:
+            how = f"rose at each of the last {streak} evaluations"
+        elif from_best and streak >= 2 and train_falling and (rise >= self.sharp_rise * best or train_fell >= self.train_fall):
+            how = f"rose at each of the {streak} evaluations since its best"
+        elif rise >= self.sharp_rise * best and (
+            (stands_out and last.train_level < at_best) or (over is None and train_fell >= self.train_fall)
+        ):
+            how = "jumped"
+        else:
+            return None
+        noise = f", {over:.1f}× its noise" if over is not None and math.isfinite(over) else ""
+        return Finding(
+            self.kind,
+            "widening_gap",
+            history.step,
+            f"the eval loss {how} to {last.loss:.4g}, {rise / best:.1%} above its best {best:.4g} (step "
+            f"{history.best_eval_step}){noise}, while the train loss fell {at_best:.4g} → {last.train_level:.4g} "
+            f"({train_fell:.0%}): better on the training data, worse on everything else",
+            evidence,
+            confidence=MEDIUM if over is None else confidence(over, self.rise_over_noise),
+        )
+
+    def _train_fell(self, history: History, before: float | None, now: float) -> bool:
+        """The smoothed train loss fell from ``before`` to ``now`` by more than ``significance`` × its noise."""
+        if before is None or now >= before:
+            return False
+        noise = noise_scale(history.loss_window)
+        return noise is None or before - now > self.significance * noise
