@@ -20,8 +20,8 @@ class Movement:
     fall: float
     projected_fall: float
     noise: float
-    level: float
-    """Where the line ends: the curve's current level, less noisy than its last value."""
+    start: float
+    """Where the line begins: the curve's level when the warmup ended."""
 
     @classmethod
     def of(cls, trend: Trend, plan_end: float) -> Movement | None:
@@ -30,9 +30,9 @@ class Movement:
             return None
         slope, error = trend.fit()
         span = trend.span
-        level = mean + slope * (trend.last_x - trend.x0 - trend.sx / trend.n)
+        start = mean - slope * trend.sx / trend.n
         projected = -slope * (max(plan_end, trend.last_x) - trend.x0) / mean
-        return cls(-slope * span / mean, projected, error * span / mean, level)
+        return cls(-slope * span / mean, projected, error * span / mean, start)
 
     def is_flat(self, tolerance: float, significance: float) -> bool:
         """Within ``tolerance`` of where it began, both ways, even at ``significance`` standard errors, and on
@@ -144,7 +144,7 @@ class FlatRule:
             return None
         plan_end = history.facts.max_steps or history.step
         train = Movement.of(trend, plan_end)
-        if train is None or self._learned_before(history, train.level):
+        if train is None or self._learned_in_warmup(history, train.start):
             return None
         evals = history.eval_trend
         held_out = Movement.of(evals, plan_end)
@@ -169,7 +169,7 @@ class FlatRule:
             {
                 **_evidence(history),
                 "decided_on": on,
-                "loss_level": train.level,
+                "loss_level": trend.mean,
                 "reference_step": start,
                 "train_fall": train.fall,
                 "train_fall_noise": train.noise,
@@ -182,9 +182,9 @@ class FlatRule:
             confidence=HIGH if train_flat and (eval_flat or held_out is None) else MEDIUM,
         )
 
-    def _learned_before(self, history: History, level: float) -> bool:
-        """The loss already fell more than ``tolerance`` (beyond its noise) from its first logged value, before or
-        during the warmup: a run that learned and then levelled off has converged, it is not flat."""
+    def _learned_in_warmup(self, history: History, level: float) -> bool:
+        """The loss fell more than ``tolerance`` (beyond its noise) from its first logged value to ``level`` where
+        the warmup ended: a run that learned and then levelled off has converged, it is not flat."""
         first = history.loss_start
         noise = noise_scale(history.loss_window) or 0.0
         return first is not None and first - level > self.tolerance * first + self.significance * noise
