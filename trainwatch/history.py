@@ -125,17 +125,18 @@ class Trend:
     def mean(self) -> float:
         return self.y0 + self.sy / self.n if self.n else math.nan
 
-    def fit(self) -> tuple[float, float]:
-        """``(slope, standard error of the slope)`` per step; the error is inf with fewer than 3 points."""
+    def fit(self) -> tuple[float, float, float]:
+        """``(slope, its standard error, the points' scatter around the line)``; the last two are inf below 3 points."""
         n = self.n
         cxx = self.sxx - self.sx * self.sx / n if n else 0.0
         if n < 2 or cxx <= 0:
-            return 0.0, math.inf
-        slope = (self.sxy - self.sx * self.sy / n) / cxx
+            return 0.0, math.inf, math.inf
+        cxy = self.sxy - self.sx * self.sy / n
+        slope = cxy / cxx
         if n < 3:
-            return slope, math.inf
-        residual = max(0.0, self.syy - self.sy * self.sy / n - slope * (self.sxy - self.sx * self.sy / n))
-        return slope, math.sqrt(residual / (n - 2) / cxx)
+            return slope, math.inf, math.inf
+        scatter = math.sqrt(max(0.0, self.syy - self.sy * self.sy / n - slope * cxy) / (n - 2))
+        return slope, scatter / math.sqrt(cxx), scatter
 
 
 @dataclass(slots=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainwatch.findings import FLAT, HIGH, MEDIUM, Finding
-from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, History, Trend, noise_scale
+from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, History, Trend
 
 
 @dataclass(frozen=True)
@@ -22,17 +22,19 @@ class Movement:
     noise: float
     start: float
     """Where the line begins: the curve's level when the warmup ended."""
+    scatter: float
+    """The points' standard deviation around the line."""
 
     @classmethod
     def of(cls, trend: Trend, plan_end: float) -> Movement | None:
         mean = trend.mean
         if trend.n < 3 or not mean > 0:
             return None
-        slope, error = trend.fit()
+        slope, error, scatter = trend.fit()
         span = trend.span
         start = mean - slope * trend.sx / trend.n
         projected = -slope * (max(plan_end, trend.last_x) - trend.x0) / mean
-        return cls(-slope * span / mean, projected, error * span / mean, start)
+        return cls(-slope * span / mean, projected, error * span / mean, start, scatter)
 
     def is_flat(self, tolerance: float, significance: float) -> bool:
         """Within ``tolerance`` of where it began, both ways, even at ``significance`` standard errors, and on
@@ -140,11 +142,12 @@ class FlatRule:
             or trend.n < self.min_logs
             or not history.loss_is_nonnegative
             or LOSS not in history.latest and EVAL_LOSS not in history.latest
+            or trend.n % (trend.n // 64 + 1)
         ):
-            return None
+            return None  # (the last: past 64 logs, judged every 1/64th of them: a slow failure, decided <2 % late)
         plan_end = history.facts.max_steps or history.step
         train = Movement.of(trend, plan_end)
-        if train is None or self._learned_in_warmup(history, train.start):
+        if train is None:
             return None
         evals = history.eval_trend
         held_out = Movement.of(evals, plan_end)
@@ -155,6 +158,9 @@ class FlatRule:
         eval_flat = judged_evals and held_out is not None and held_out.is_flat(self.tolerance, self.significance)
         if not (train_flat or eval_flat and train.fall + self.significance * train.noise < 2 * self.tolerance):
             return None
+        first = history.loss_start
+        if first is not None and first - train.start > self.tolerance * first + self.significance * train.scatter:
+            return None  # it fell from its first log faster than a line follows (or in the warmup), then levelled off
         lr = history.series[LEARNING_RATE]
         on = "train loss" if train_flat else "eval loss"
         planned = f" (on course for {train.projected_fall:.1%} by step {plan_end})" if history.facts.max_steps else ""
@@ -181,14 +187,6 @@ class FlatRule:
             },
             confidence=HIGH if train_flat and (eval_flat or held_out is None) else MEDIUM,
         )
-
-    def _learned_in_warmup(self, history: History, level: float) -> bool:
-        """The loss fell more than ``tolerance`` (beyond its noise) from its first logged value to ``level`` where
-        the warmup ended: a run that learned and then levelled off has converged, it is not flat."""
-        first = history.loss_start
-        noise = noise_scale(history.loss_window) or 0.0
-        return first is not None and first - level > self.tolerance * first + self.significance * noise
-
 
 def _evidence(history: History) -> dict[str, float | None]:
     """The last values every flat finding quotes, built only when one is decided (not on every log)."""
