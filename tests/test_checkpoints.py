@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+import trainwatch
 from trainwatch import Diagnoser
 from trainwatch.checkpoints import Choice, checkpoint_before, nonfinite_tensors
 from trainwatch.testing import Progressions, tiny_model, tiny_trainer, token_mean_loss
@@ -77,6 +80,12 @@ def test_the_checkpoint_named_predates_the_onset_and_is_finite(tmp_path, caplog)
     report = json.loads((tmp_path / "trainwatch" / "diagnosis.json").read_text())  # written at the end: all saved
     assert report["checkpoints_to_keep"]["exploding"] == str(tmp_path / f"checkpoint-{onset - 1}")
     assert f"checkpoint to go back to: {tmp_path / f'checkpoint-{onset - 1}'} (weights checked: all finite)" in caplog.text
+    # trainwatch analyze names the same one, from the logs of the latest (poisoned) checkpoint
+    result = subprocess.run(
+        [sys.executable, "-m", "trainwatch", "analyze", "--json", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    (analysed,) = json.loads(result.stdout)
+    assert result.returncode == 1 and analysed["checkpoints_to_keep"] == report["checkpoints_to_keep"]
 
 
 def test_a_poisoned_adapter_checkpoint_is_skipped_for_an_earlier_clean_one(tmp_path, caplog) -> None:
@@ -95,6 +104,9 @@ def test_a_poisoned_adapter_checkpoint_is_skipped_for_an_earlier_clean_one(tmp_p
     assert f"checkpoint to go back to: {tmp_path / 'checkpoint-1'} (weights checked: all finite)" in advice
     assert f"skipped checkpoint-{onset - 1}: NaN/inf in 1 tensor(s) of adapter_model.safetensors" in advice
     assert "checkpoint-2: NaN/inf" in advice
+    (analysed,) = trainwatch.analyze(tmp_path)
+    assert analysed.checkpoints_to_keep == {"exploding": str(tmp_path / "checkpoint-1")}
+    assert any(n.startswith("checkpoint to go back to after exploding: ") and "skipped" in n for n in analysed.notes)
 
 
 @pytest.fixture(scope="module")
