@@ -23,8 +23,7 @@ def format_finding(finding: Finding) -> str:
     """A finding as a short block: headline, why, the numbers, then the numbered fixes."""
     lines = [f"{finding.kind.upper()} ({finding.cause}) at step {finding.step}: {finding.summary}"]
     evidence = ", ".join(f"{k}={_value(v)}" for k, v in finding.evidence.items() if v is not None)
-    if evidence:
-        lines.append(f"  evidence: {evidence}")
+    lines.append(f"  confidence {finding.confidence}" + (f"; evidence: {evidence}" if evidence else ""))
     lines.extend(f"  fix {i}. {fix}" for i, fix in enumerate(finding.fixes, 1))
     return "\n".join(lines)
 
