@@ -76,6 +76,20 @@ def tiny_model(arch: str = "llama", seed: int = 0) -> PreTrainedModel:
     raise ValueError(f"unknown arch {arch!r}: llama or gpt2")
 
 
+def pretrain(model: PreTrainedModel, steps: int, seed: int = 0, *, learning_rate: float = 3e-3) -> PreTrainedModel:
+    """Train ``model`` in place for ``steps`` AdamW steps of 8 progressions (other ones than any run's data)."""
+    data = Progressions(512, seed=seed + 2000)
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+    model.train()
+    for _ in range(steps):
+        ids = data.input_ids[torch.randint(0, len(data), (8,), generator=generator)]
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model
+
+
 def _zero_scaled_lora(model: PreTrainedModel) -> PreTrainedModel:
     """LoRA adapters with ``lora_alpha=0``: their output is scaled by alpha/r = 0, so no gradient ever reaches them.
 
@@ -99,6 +113,10 @@ class Scenario:
     zero_lora_scale: bool = False
     custom_loss: bool = False
     """Train with :func:`token_mean_loss` instead of the model's own loss."""
+    pretrain_steps: int = 0
+    """Optimizer steps the model is first trained for (:func:`pretrain`), so the run fine-tunes a base that already
+    knows part of the task, as a user's pretrained model does: its loss per batch then depends on which examples the
+    batch holds, so a small batch's loss is noisy (a model that knows nothing scores every batch ln V)."""
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -122,6 +140,35 @@ SCENARIOS: dict[str, Scenario] = {
     "overfitting": Scenario(
         ("overfitting", None), {"learning_rate": 5e-3, "num_train_epochs": 200, "eval_steps": 10}, train_size=8
     ),
+    # Harder, as real curves are: the damage done before anything is logged, a noisy flat loss, a small overfit.
+    "exploded_before_first_log": Scenario(
+        # By the first log (the mean of steps 1-5) the loss is 10-25x a uniform guess ln 64; it falls back towards
+        # ln 64 as the rate decays but never below it: nothing was ever learned.
+        ("exploding", "lr_too_high"), {"learning_rate": 2.0, "max_grad_norm": 0.0, "max_steps": 80, "logging_steps": 5}
+    ),
+    "lr_too_low_noisy": Scenario(
+        # A base that knows part of the task, fine-tuned at batch size 2: the loss swings 5-10 % from step to step
+        # around a level that does not move (its eval loss by well under 1 % in 300 steps).
+        ("flat", "lr_too_low"),
+        {"learning_rate": 1e-6, "max_steps": 300, "per_device_train_batch_size": 2, "eval_steps": 50},
+        pretrain_steps=75,
+    ),
+    "healthy_slow": Scenario(
+        # lr_too_low_noisy's run at a learning rate that works, slowly and as noisily: per 50 steps the loss falls
+        # 2-3 % (gpt2) to 5-15 % (llama), the eval loss 1-3 % (gpt2) to 2-14 % (llama).
+        ("healthy", None),
+        {"learning_rate": 5e-4, "max_steps": 300, "per_device_train_batch_size": 2, "eval_steps": 50},
+        pretrain_steps=75,
+    ),
+    "overfitting_small": Scenario(
+        # 32 examples at a constant rate: past its best (step 180 for llama, 200-340 for gpt2) the eval loss rises,
+        # by 1-1.5 % at the first evaluation, at every evaluation for llama and in a jagged climb for gpt2, while
+        # the train loss keeps falling; the eval loss stays under 1.0 (llama) or the train loss above 0.1 (gpt2)
+        # while it does: a widening gap, not yet memorization.
+        ("overfitting", "widening_gap"),
+        {"learning_rate": 2e-3, "max_steps": 400, "eval_steps": 20, "lr_scheduler_type": "constant"},
+        train_size=32,
+    ),
 }
 
 
@@ -137,6 +184,8 @@ def tiny_trainer(
     """A ready-to-train Trainer for ``scenario``; ``overrides`` are TrainingArguments fields."""
     spec = SCENARIOS[scenario]
     model = tiny_model(arch, seed)
+    if spec.pretrain_steps:
+        pretrain(model, spec.pretrain_steps, seed)
     if spec.zero_lora_scale:
         model = _zero_scaled_lora(model)
     settings: dict[str, Any] = {
