@@ -1,0 +1,325 @@
+"""Which trainable tensors get a gradient: a probe read at Trainer's ``on_pre_optimizer_step``, only when armed.
+
+The logged grad norm is one number for the whole model. It cannot say that most of an adapter stopped learning
+while a few tensors still carry the norm, nor which tensor's gradient went NaN first. :class:`GradientProbe` reads
+the gradients of the trainable parameters themselves (for LoRA a few dozen small tensors), but only on the steps it
+is armed for, so a healthy run pays nothing per step:
+
+- the first optimizer steps (the *baseline*: which tensors receive a gradient at all, and how large), until every
+  trainable tensor has had one or ``baseline_steps`` have passed;
+- the step or two before a scheduled evaluation, and the first steps after each one: evaluation is where a model
+  changes under the run's feet (bitsandbytes repacks 4-bit layers for an inference-only CPU kernel there);
+- the step after a suspicious log: a grad norm of exactly 0, a non-finite one, or a spike.
+
+One read is one fused reduction per device (``torch._foreach_norm`` with ``ord=inf``: the largest absolute value
+of each gradient, exactly 0 only for an all-zero gradient, never overflowing, NaN when any element is) and one copy
+to the host, O(number of trainable tensors).
+
+The probe reads the gradients Trainer is about to apply: after accumulation, after DDP has averaged them over the
+ranks (so every rank reads the same values and takes the same decision without a collective of ours) and after
+clipping. Clipping scales every gradient by one factor, which keeps zeros zero and ratios between reads honest,
+but a non-finite total norm spreads: a NaN turns every gradient NaN, an inf turns the finite ones to 0. So a read
+with any non-finite gradient is used to localise the fault, never to judge which tensors stopped learning, and
+"the first non-finite gradient" is only named when not every tensor is non-finite.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+BASELINE = "baseline"
+BEFORE_EVALUATION = "before evaluation"
+AFTER_EVALUATION = "after evaluation"
+CONFIRM = "confirm"
+SIGN = "suspicious log"
+_PRIORITY = {BEFORE_EVALUATION: 0, BASELINE: 1, SIGN: 2, AFTER_EVALUATION: 3, CONFIRM: 4}
+"""When two reasons arm the same step, the read counts as the one that judges more."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One armed read: every trainable tensor's largest absolute gradient (0.0: none, or an all-zero one)."""
+
+    step: int
+    reason: str
+    names: tuple[str, ...]
+    levels: tuple[float, ...]
+
+    @property
+    def without(self) -> list[int]:
+        """Tensors that received no gradient (None, or exactly zero everywhere), in module order."""
+        return [i for i, v in enumerate(self.levels) if v == 0.0]
+
+    @property
+    def non_finite(self) -> list[int]:
+        """Tensors whose gradient holds a NaN or inf, in module order."""
+        return [i for i, v in enumerate(self.levels) if not math.isfinite(v)]
+
+    @property
+    def learning(self) -> list[int]:
+        return [i for i, v in enumerate(self.levels) if v > 0.0 and math.isfinite(v)]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Trainable tensors that stopped receiving gradients (or whose gradient collapsed) while others still learn."""
+
+    step: int
+    """The optimizer step at which it was confirmed."""
+    first_step: int
+    """The first step at which it was seen."""
+    evaluation_step: int | None
+    """The evaluation it followed (None: seen elsewhere)."""
+    trainable: int
+    referenced: int
+    """Tensors that had a gradient before, so that a change could be judged."""
+    without: list[str]
+    """Tensors with a gradient before and none now (None or all zero), in module order."""
+    collapsed: list[str]
+    """Tensors whose gradient fell more than ``collapse_factor`` times at once, in module order."""
+    still_learning: list[str]
+    collapse_factor: float
+
+    @property
+    def cut(self) -> list[str]:
+        return self.without + [n for n in self.collapsed if n not in self.without]
+
+
+@dataclass
+class GradientProbe:
+    """Reads the trainable parameters' gradients when armed; see the module's docstring for when that is.
+
+    Args:
+        baseline_steps: at most this many first optimizer steps are read for the baseline (LoRA's ``lora_A`` gets
+            its first gradient only once ``lora_B`` has left zero, two or three steps in).
+        collapse_factor: a tensor whose gradient falls more than this many times between the reads before and after
+            an evaluation counts as cut off, like one whose gradient is exactly zero; at least half of the tensors
+            judged must fall so for that (one tensor's gradient varies by a few times from batch to batch).
+        spike_factor: a logged grad norm this many times the running level arms the probe for the next step.
+        confirm_reads: reads in a row that must show the same tensors cut off before it is decided (one odd batch,
+            or an expert of a mixture the router skipped once, is not a cut).
+        max_names: names kept in evidence and summaries.
+    """
+
+    baseline_steps: int = 5
+    collapse_factor: float = 10.0
+    spike_factor: float = 10.0
+    confirm_reads: int = 2
+    max_names: int = 8
+    reads: int = field(default=0, init=False)
+    """Armed reads so far (the cost a run paid)."""
+    latest: Reading | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """A new run (or a resumed one): the baseline is read again."""
+        self._due: str | None = BASELINE
+        self._baseline_reads = 0
+        self._params: list[tuple[str, Any]] | None = None
+        self._model_id: int | None = None
+        self._recent: deque[tuple[float, ...]] = deque(maxlen=2)  # levels of the last reads judged healthy
+        self._recent_step = -1
+        self._ever: set[int] = set()
+        self._evaluation_step: int | None = None
+        self._suspect: tuple[int, set[int], set[int]] | None = None  # first step, without, collapsed
+        self._confirmations = 0
+        self._grad_level: float | None = None
+        self._last_clean_log = -1
+        self.latest = None
+        self.problem: Reading | None = None
+        """The latest read with a non-finite gradient or none at all, taken after the last healthy logged grad norm."""
+
+    # -- arming -------------------------------------------------------------------------------------------------------
+    @property
+    def armed(self) -> bool:
+        return self._due is not None
+
+    def arm(self, reason: str) -> None:
+        if self._due is None or _PRIORITY[reason] > _PRIORITY[self._due]:
+            self._due = reason
+
+    def evaluated(self, step: int) -> None:
+        """An evaluation ran after ``step``: read the next steps (confirmation arms itself)."""
+        self._evaluation_step = step
+        self.arm(AFTER_EVALUATION)
+
+    def logged(self, step: int, grad_norm: Any) -> None:
+        """A logged grad norm: 0, non-finite or a spike arms the next step."""
+        try:
+            value = float(grad_norm)
+        except (TypeError, ValueError):
+            return
+        if value == 0.0 or not math.isfinite(value):
+            self.arm(SIGN)
+            return
+        if self._grad_level is not None and value > self.spike_factor * self._grad_level:
+            self.arm(SIGN)
+        self._last_clean_log = step
+        self._grad_level = value if self._grad_level is None else 0.9 * self._grad_level + 0.1 * value
+
+    # -- reading ------------------------------------------------------------------------------------------------------
+    def read(self, model: Any, step: int) -> Reading | None:
+        """Read if armed (``step``: the optimizer step about to be taken); O(trainable tensors), one host copy."""
+        if self._due is None or model is None:
+            return None
+        reason, self._due = self._due, None
+        names, levels = self._levels(model)
+        reading = Reading(step, reason, names, levels)
+        self.reads += 1
+        self.latest = reading
+        if reading.non_finite or (reading.without and not reading.learning):
+            self.problem = reading
+        self._judge(reading)
+        return reading
+
+    def _trainable(self, model: Any) -> list[tuple[str, Any]]:
+        """The trainable tensors, in module order, as the run began: one turned off later counts as cut off."""
+        if self._params is None or self._model_id != id(model):
+            self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+            self._model_id = id(model)
+        return self._params
+
+    def _levels(self, model: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
+        import torch
+
+        params = self._trainable(model)
+        levels = [0.0] * len(params)
+        groups: dict[Any, list[int]] = {}
+        for i, (_, p) in enumerate(params):
+            grad = p.grad
+            if grad is not None and grad.numel():
+                groups.setdefault(grad.device, []).append(i)
+        for indices in groups.values():
+            grads = [params[i][1].grad for i in indices]
+            norms = torch._foreach_norm(grads, math.inf, dtype=torch.float32)  # one fused kernel per device
+            for i, value in zip(indices, torch.stack(norms).tolist()):  # one copy to the host
+                levels[i] = value
+        return tuple(n for n, _ in params), tuple(levels)
+
+    # -- judging ------------------------------------------------------------------------------------------------------
+    def _reference(self) -> list[float]:
+        """Each tensor's level in the recent healthy reads: the smallest positive one (0.0: none had a gradient)."""
+        if not self._recent:
+            return []
+        return [min((v for v in column if v > 0.0), default=0.0) for column in zip(*self._recent)]
+
+    def _fresh(self) -> bool:
+        """Gradients may fall a lot over a run; a collapse is only judged against reads just before the evaluation."""
+        return self._evaluation_step is not None and self._recent_step >= self._evaluation_step - 1
+
+    def _judge(self, reading: Reading) -> None:
+        if reading.non_finite:
+            self._suspect = None  # clipping spreads a non-finite norm: which tensors learn cannot be told here
+            return
+        if not reading.learning:
+            return  # nothing learns at all: the flat rule's zero_gradients, localised through `problem`
+        reference = self._reference()
+        without, collapsed = set(), set()
+        if reference and len(reference) == len(reading.levels):
+            judged = [i for i, r in enumerate(reference) if r > 0.0]
+            without = {i for i in judged if reading.levels[i] == 0.0}
+            fallen = {i for i in judged if 0.0 < reading.levels[i] * self.collapse_factor < reference[i]}
+            if reading.reason in (AFTER_EVALUATION, CONFIRM) and self._fresh() and len(without) + len(fallen) >= max(1, len(judged)) / 2:
+                collapsed = fallen
+        cut = without | collapsed
+        if cut and self._suspect is not None:  # a confirmation: only what was cut off before and still is counts
+            first, was_without, was_collapsed = self._suspect
+            cut &= was_without | was_collapsed
+            without &= cut
+            self._suspect = (first, without, cut - without)
+            self._confirmations += 1
+        elif cut:
+            self._suspect = (reading.step, without, cut - without)
+            self._confirmations = 1
+        if cut:
+            if self._confirmations < self.confirm_reads:
+                self.arm(CONFIRM)
+            return
+        self._suspect = None
+        self._recent.append(reading.levels)
+        self._recent_step = reading.step
+        self._ever.update(reading.learning)
+        self._baseline_reads += 1
+        if self._baseline_reads < self.baseline_steps and len(self._ever) < len(reading.levels):
+            self.arm(BASELINE)
+
+    def cut(self) -> Cut | None:
+        """The cut confirmed by the latest read, once (then forgotten); None while unconfirmed or when there is none."""
+        if self._suspect is None or self._confirmations < self.confirm_reads or self.latest is None:
+            return None
+        reading = self.latest
+        first, without, collapsed = self._suspect
+        self._suspect = None
+        cut = without | collapsed
+        judged = {i for i, r in enumerate(self._reference()) if r > 0.0}
+        return Cut(
+            step=reading.step,
+            first_step=first,
+            evaluation_step=self._evaluation_step if self._evaluation_step is not None and self._evaluation_step < first else None,
+            trainable=len(reading.names),
+            referenced=len(judged),
+            without=[reading.names[i] for i in sorted(without)],
+            collapsed=[reading.names[i] for i in sorted(collapsed)],
+            still_learning=[reading.names[i] for i in reading.learning if i not in cut and i in judged],
+            collapse_factor=self.collapse_factor,
+        )
+
+    # -- localising a decided failure ------------------------------------------------------------------------------
+    def localization(self) -> dict[str, Any] | None:
+        """Evidence on the latest problem read since the last healthy logged grad norm, or None when there is none."""
+        reading = self.problem
+        if reading is None or reading.step <= self._last_clean_log:
+            return None
+        evidence: dict[str, Any] = {"gradient_probe_step": reading.step, "trainable_tensors": len(reading.names)}
+        bad = reading.non_finite
+        if bad:
+            evidence["tensors_with_non_finite_gradient"] = len(bad)
+            evidence["first_non_finite_gradient"] = reading.names[bad[0]] if len(bad) < len(reading.names) else None
+        evidence["tensors_without_gradient"] = len(reading.without)
+        evidence["first_without_gradient"] = reading.names[reading.without[0]] if reading.without else None
+        return evidence
+
+    def non_finite_weights(self, model: Any) -> dict[str, Any]:
+        """The trainable tensors whose values are non-finite now (read once, when a non-finite loss is decided)."""
+        import torch
+
+        params = self._trainable(model)
+        tensors = [p.detach() for _, p in params if p.numel()]
+        names = [n for n, p in params if p.numel()]
+        bad: list[str] = []
+        if tensors:
+            groups: dict[Any, list[int]] = {}
+            for i, t in enumerate(tensors):
+                groups.setdefault(t.device, []).append(i)
+            for indices in groups.values():
+                norms = torch._foreach_norm([tensors[i] for i in indices], math.inf, dtype=torch.float32)
+                bad += [names[i] for i, v in zip(indices, torch.stack(norms).tolist()) if not math.isfinite(v)]
+        order = {n: i for i, n in enumerate(names)}
+        bad.sort(key=order.__getitem__)
+        return {"trainable_tensors": len(params), "tensors_with_non_finite_weights": len(bad),
+                "first_non_finite_weight": bad[0] if bad else None}
+
+
+def short_names(names: Iterable[str], limit: int) -> list[str]:
+    """Parameter names without PEFT's wrapping prefix, at most ``limit`` (the rest counted)."""
+    names = [n.removeprefix("base_model.model.") for n in names]
+    return names[:limit] + ([f"... {len(names) - limit} more"] if len(names) > limit else [])
+
+
+def packed_4bit_layers(model: Any) -> list[str]:
+    """Modules whose 4-bit weight bitsandbytes repacked for its inference-only CPU kernel (no backward)."""
+    found, seen = [], set()
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if id(weight) in seen:  # PEFT's wrapper shows its base layer's weight as its own
+            continue
+        seen.add(id(weight))
+        if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
+            found.append(name)
+    return found
