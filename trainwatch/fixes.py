@@ -113,11 +113,35 @@ def _overfitting(params: Params) -> list[str]:
     return ["more (or more varied) training data", fewer, more_dropout, lower_rank, more_decay]
 
 
+def _frozen_layers(params: Params) -> list[str]:
+    every = params.get("eval_steps")
+    less_often = (
+        f"eval_steps {_num(every)} → {_num(every * 10)}" if isinstance(every, (int, float)) and every >= 1
+        else "eval_strategy 'no', then trainer.evaluate() once training is done"
+    )
+    return [
+        "QLoRA on a CPU with AVX512-BF16: the first evaluation makes bitsandbytes repack every 4-bit layer for an "
+        "inference-only kernel with no backward, and the gradients of the adapters in front of them collapse. Before "
+        "training, clear the "
+        "flag that allows it on every 4-bit layer, as the reference run does (trainwatch.train."
+        "keep_4bit_layers_trainable_on_cpu(model)): for m in model.modules(): if isinstance(m, "
+        "bitsandbytes.nn.Linear4bit): m.support_avx512bf16_for_cpu = False",
+        "or evaluate less often on that CPU: " + less_often + " (a checkpoint saved right after an evaluation unpacks "
+        "the layers again, but not losslessly: each round trip moves the 4-bit base weights by about 0.2 %)",
+        "otherwise find what cut these tensors off: a callback or hook that sets requires_grad=False or detaches a "
+        "module's output, a torch.no_grad()/inference_mode() block left around the forward pass, code that behaves "
+        "differently after model.eval()",
+        "in a mixture of experts, an expert the router no longer chooses gets no gradient: check the router's load "
+        "balancing (its auxiliary loss coefficient)",
+    ]
+
+
 FIXES: dict[str, Callable[[Params], list[str]]] = {
     "non_finite": _exploding,
     "lr_too_high": _exploding,
     "no_target_tokens": _no_target_tokens,
     "zero_gradients": _zero_gradients,
+    "frozen_layers": _frozen_layers,
     "lr_too_low": _lr_too_low,
     "memorization": _overfitting,
     "widening_gap": _overfitting,
