@@ -1,0 +1,149 @@
+"""The gradient probe (trainwatch/gradients.py): which trainable tensors get a gradient, read only when armed.
+
+On real tiny Trainer runs: a layer cut off from the backward pass at an evaluation is decided "flat"/frozen_layers
+and named; zero_gradients and non_finite findings name the first tensor concerned; a healthy run is read on a few
+steps only. Plus the probe alone, on a hand-set model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from trainwatch import Diagnoser
+from trainwatch.gradients import AFTER_EVALUATION, BASELINE, GradientProbe
+from trainwatch.testing import tiny_trainer
+
+
+class DetachAtEvaluation(TrainerCallback):
+    """From the first evaluation on, one attention block's output leaves the graph: its weights get no gradient."""
+
+    def __init__(self, layer: int = 1) -> None:
+        self.layer = layer
+        self.handle = None
+
+    def on_evaluate(self, args, state, control, model=None, **kwargs):
+        if self.handle is None:
+            attention = model.model.layers[self.layer].self_attn
+            self.handle = attention.register_forward_hook(lambda module, inputs, out: (out[0].detach(), *out[1:]))
+
+
+def test_a_layer_cut_off_at_an_evaluation_is_decided_and_named(tmp_path) -> None:
+    diagnoser = Diagnoser(stop_on=("flat",))
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser, DetachAtEvaluation(1)], report_to=[])
+    trainer.train()
+    (finding,) = diagnoser.diagnoses
+    assert (finding.kind, finding.cause) == ("flat", "frozen_layers")
+    # evaluation after step 25; read after it (26) and confirmed (27); training stops there
+    assert finding.step == trainer.state.global_step == 27
+    evidence = finding.evidence
+    assert evidence["decided_by"] == "gradient probe" and evidence["evaluation_step"] == 25
+    # q, k, v, o of layer 1 and the norm in front of them: exactly no gradient; everything else still learns
+    assert evidence["tensors_without_gradient"] == evidence["tensors_cut_off"] == 5
+    assert evidence["cut_off"][0] == "model.layers.1.self_attn.q_proj.weight"
+    assert "model.layers.1.input_layernorm.weight" in evidence["cut_off"]
+    assert "model.layers.1.self_attn.q_proj.weight" in finding.summary and "after the evaluation at step 25" in finding.summary
+    assert "support_avx512bf16_for_cpu = False" in finding.fixes[0]
+
+
+def test_a_healthy_run_is_read_on_a_few_steps_only_and_never_flagged(tmp_path) -> None:
+    diagnoser = Diagnoser()
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=50, eval_steps=10)
+    trainer.train()
+    assert diagnoser.verdict == "healthy"
+    # the baseline (step 1), then two steps before and one after each of the 5 evaluations of 50 steps
+    assert diagnoser.probe.reads <= 1 + 5 * 3 < trainer.state.global_step / 3
+
+
+def test_zero_gradients_names_the_first_tensor_without_one(tmp_path) -> None:
+    diagnoser = Diagnoser()
+    tiny_trainer("zero_gradients", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=12).train()
+    finding = diagnoser.diagnoses[0]
+    assert finding.cause == "zero_gradients"
+    evidence = finding.evidence
+    assert evidence["tensors_without_gradient"] == evidence["trainable_tensors"] == 8  # lora A/B of q, v in 2 layers
+    assert evidence["first_without_gradient"] == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert "8 of 8 trainable tensors receive no gradient, first model.layers.0.self_attn.q_proj.lora_A" in finding.summary
+
+
+def test_non_finite_names_where_the_nan_is(tmp_path) -> None:
+    diagnoser = Diagnoser()
+    # NaN from step 4 on; the run goes on (no stop_on), so the probe armed by the NaN grad norm reads step 5
+    tiny_trainer("non_finite", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=8).train()
+    finding = diagnoser.diagnoses[0]
+    assert finding.cause == "non_finite"
+    evidence = finding.evidence
+    # A 0/0 loss makes every gradient NaN, and clipping spreads a NaN norm anyway: no single tensor is blamed.
+    assert evidence["tensors_with_non_finite_gradient"] == evidence["trainable_tensors"]
+    assert evidence["first_non_finite_gradient"] is None
+    assert evidence["first_non_finite_weight"] == "model.embed_tokens.weight"  # read at once, at the decision
+    assert evidence["gradient_probe_step"] == finding.step + 1
+    assert "every one of the 21 trainable tensors has a non-finite gradient" in finding.summary
+
+
+# -- the probe alone ------------------------------------------------------------------------------------------------
+class TwoLayers(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Linear(4, 4), torch.nn.Linear(4, 1)
+
+
+def with_gradients(model: TwoLayers, first: float, second: float) -> TwoLayers:
+    for layer, value in ((model.first, first), (model.second, second)):
+        for p in layer.parameters():
+            p.grad = None if value is None else torch.full_like(p, value)
+    return model
+
+
+def test_unarmed_the_probe_reads_nothing() -> None:
+    probe, model = GradientProbe(), TwoLayers()
+    assert probe.armed and probe.read(with_gradients(model, 1.0, 1.0), 1).reason == BASELINE
+    assert not probe.armed and probe.read(model, 2) is None and probe.reads == 1
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_the_first_non_finite_gradient_is_named_when_not_every_one_is(bad) -> None:
+    probe, model = GradientProbe(), TwoLayers()
+    probe.read(with_gradients(model, 1.0, 1.0), 1)
+    probe.logged(1, 2.0)
+    probe.logged(2, bad)
+    assert probe.armed
+    probe.read(with_gradients(model, 1.0, bad), 3)
+    where = probe.localization()
+    assert where["first_non_finite_gradient"] == "second.weight" and where["tensors_with_non_finite_gradient"] == 2
+    model.second.weight.data[0, 0] = bad
+    assert probe.non_finite_weights(model) == {
+        "trainable_tensors": 4, "tensors_with_non_finite_weights": 1, "first_non_finite_weight": "second.weight"
+    }
+
+
+def test_a_cut_must_hold_on_two_reads_after_an_evaluation() -> None:
+    probe, model = GradientProbe(), TwoLayers()
+    probe.read(with_gradients(model, 1.0, 1.0), 1)
+    probe.evaluated(1)
+    assert probe.read(with_gradients(model, None, 1.0), 2).reason == AFTER_EVALUATION
+    assert probe.cut() is None and probe.armed  # seen once: confirmed on the next step
+    probe.read(with_gradients(model, 1.0, 1.0), 3)
+    assert probe.cut() is None and not probe.armed  # it came back: one odd batch
+    probe.evaluated(3)
+    probe.read(with_gradients(model, 0.0, 1.0), 4)
+    probe.read(with_gradients(model, None, 1.0), 5)
+    cut = probe.cut()
+    assert cut.without == ["first.weight", "first.bias"] and cut.still_learning == ["second.weight", "second.bias"]
+    assert (cut.step, cut.first_step, cut.evaluation_step) == (5, 4, 3)
+
+
+def test_a_collapse_after_an_evaluation_counts_only_when_most_tensors_fall() -> None:
+    probe, model = GradientProbe(), TwoLayers()
+    probe.read(with_gradients(model, 1.0, 1.0), 1)
+    probe.evaluated(1)
+    probe.read(with_gradients(model, 0.01, 1.0), 2)  # half of the tensors fell 100x
+    probe.read(with_gradients(model, 0.01, 1.0), 3)
+    assert probe.cut().collapsed == ["first.weight", "first.bias"]
+    probe.evaluated(3)
+    probe.read(with_gradients(model, 0.01, 0.01), 4)  # every tensor, against the healthy reads before
+    probe.read(with_gradients(model, 0.01, 0.01), 5)
+    assert probe.cut() is None  # that reference is stale: reads before step 3 are not "just before" it
