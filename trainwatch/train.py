@@ -228,12 +228,16 @@ def compute_dtype(args: TrainingArguments) -> torch.dtype:
 def keep_4bit_layers_trainable_on_cpu(model: torch.nn.Module) -> int:
     """Keep bitsandbytes' inference-only CPU path out of a training run; returns how many layers were guarded.
 
-    On CPUs with AVX512-BF16, bitsandbytes (0.48+) repacks a ``Linear4bit`` weight, in place and for good, into a
-    layout for its fast inference kernel the first time the layer runs in eval mode without grad - which is what
-    every evaluation does. That kernel has no backward (torch only warns that no autograd kernel is registered), so
-    from the first evaluation on the backward pass through the base is silently wrong; on AVX512-BF16 CPUs it is
-    reported to leave every gradient at exactly 0.0. The repacking is gated on the layer's
-    ``support_avx512bf16_for_cpu`` flag; clearing it keeps the weights in the trainable layout.
+    On CPUs with AVX512-BF16, bitsandbytes (0.48+) repacks a ``Linear4bit`` weight, in place, into a layout for its
+    fast inference kernel the first time the layer runs in eval mode without grad - which is what every evaluation
+    does - and keeps it until a checkpoint save unpacks it (lossily: the base weights move by about 0.2 % each
+    time). That kernel has no backward (torch only warns that no autograd kernel is registered), so from the first
+    evaluation on no gradient flows back through the base: measured on the shipped model, the gradients of every
+    q/k/v adapter fall 100-1000x (to exactly 0 while ``lora_B`` is still 0) and only the o_proj adapters still learn,
+    while the grad norm stays positive and the loss still falls. The Diagnoser's gradient probe reports it as
+    "flat"/``frozen_layers``. The repacking is gated on the layer's ``support_avx512bf16_for_cpu`` flag; clearing
+    it keeps the weights in the trainable layout. For your own model, before training:
+    ``for m in model.modules(): if isinstance(m, bitsandbytes.nn.Linear4bit): m.support_avx512bf16_for_cpu = False``.
     """
     import bitsandbytes as bnb
 
