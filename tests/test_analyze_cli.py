@@ -27,8 +27,9 @@ SAVE_STEPS = 100
 
 def run_live(scenario: str, output_dir: Path, **overrides) -> Diagnoser:
     # The series alone, as the logs have it: the pre-flight decides a train set without targets from the data,
-    # before the first log (tests/test_preflight.py checks that the logs then give the same kind and cause).
-    diagnoser = Diagnoser(report=False, preflight=False)
+    # before the first log (tests/test_preflight.py checks that the logs then give the same kind and cause), and the
+    # gradient probe adds what no log holds (tests/test_gradients.py).
+    diagnoser = Diagnoser(report=False, preflight=False, probe_gradients=False)
     trainer = tiny_trainer(
         scenario, str(output_dir), callbacks=[diagnoser], save_strategy="steps", save_steps=SAVE_STEPS, **overrides
     )
