@@ -208,6 +208,40 @@ def check_grad_clipping(args: Any, *, quantized: bool, qlora_max: float = 0.3) -
     return Check("gradient clipping", PASS, f"max_grad_norm={norm:g}")
 
 
+def check_learning_rate(
+    args: Any,
+    *,
+    lora: bool,
+    lora_range: tuple[float, float] = (1e-4, 3e-4),
+    lora_value: float = 2e-4,
+    full_range: tuple[float, float] = (2e-5, 2e-5),
+    full_value: float = 2e-5,
+    factor: float = 10.0,
+) -> Check:
+    """The learning rate near the lesson's: LoRA/QLoRA ``lora_range`` (1e-4–3e-4), full fine-tuning about 2e-5.
+
+    The band is generous, as the right rate depends on the model, the batch size and the data: a rate passes from
+    ``range[0] / factor`` to ``range[1] × factor``, and only one further out warns (above it the loss tends to blow
+    up in the first steps, below it the run hardly moves), with ``lora_value`` / ``full_value`` as the fix.
+    """
+    rate = getattr(args, "learning_rate", None)
+    if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isfinite(rate) or rate < 0:
+        return Check("learning rate", SKIP, f"learning_rate {rate!r} is not a rate")
+    what, (low, high), value = ("LoRA/QLoRA", lora_range, lora_value) if lora else ("full fine-tuning", full_range, full_value)
+    lesson = f"{low:g}–{high:g}" if low != high else f"≈ {low:g}"
+    fix = f"learning_rate {rate:g} → {value:g} (the usual rate for {what})"
+    if rate == 0:
+        return Check("learning rate", WARN, "learning_rate is 0: nothing is learned", fix)
+    edge = 1 + 1e-9  # a rate exactly on the band's edge (3e-4 x 10) is inside it, whatever the float rounding
+    if rate > high * factor * edge:
+        return Check("learning rate", WARN, f"{rate:g} for {what}, over {factor:g}× the usual {lesson}: "
+                     "the loss is likely to blow up in the first steps", fix)
+    if rate * edge < low / factor:
+        return Check("learning rate", WARN, f"{rate:g} for {what}, under 1/{factor:g} of the usual {lesson}: "
+                     "the loss is likely to hardly move", fix)
+    return Check("learning rate", PASS, f"{rate:g} for {what} (usual {lesson})")
+
+
 def check_evaluation(args: Any, steps_per_epoch: int, *, min_per_epoch: int = 3) -> Check:
     """Several evaluations per epoch: overfitting can only be seen, and stopped, between evaluations."""
     strategy = str(getattr(getattr(args, "eval_strategy", "no"), "value", getattr(args, "eval_strategy", "no")))
