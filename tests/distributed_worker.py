@@ -48,6 +48,7 @@ def main(out: Path, scenarios: list[str]) -> None:
             "findings": [(f.kind, f.cause, f.step) for f in diagnoser.diagnoses],
             "disabled": diagnoser.disabled,
             "checks": {c.name: c.status for c in diagnoser.checks},
+            "losses": [(e["step"], e["loss"]) for e in trainer.state.log_history if "loss" in e],
         }
         (out / f"{scenario}.rank{rank}.json").write_text(json.dumps(seen))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 WORKER = Path(__file__).with_name("distributed_worker.py")
-SCENARIOS = ("exploding", "no_target_tokens", "rank0_masked")
+SCENARIOS = ("exploding", "no_target_tokens", "rank0_masked", "exploded_before_first_log")
 WALL_CLOCK_LIMIT = 300
 """Seconds before a hung job fails the test instead of hanging CI (a healthy launch takes ~40 s on 2 cores)."""
 
@@ -60,6 +61,15 @@ def test_both_ranks_train_distributed_and_stop_on_the_same_step(job: Path, scena
 def test_exploding_run_is_stopped_on_every_rank(job: Path) -> None:
     zero, _ = _ranks(job, "exploding")
     assert zero["stopped_at"] < zero["max_steps"] and zero["findings"][0][:2] == ["exploding", "lr_too_high"]
+
+
+def test_an_explosion_before_the_first_log_stops_every_rank_on_the_same_step(job: Path) -> None:
+    """Logged every 5 steps, the loss is far above a uniform guess ln 64 from its first log: every rank must stop,
+    on the same step, with the same finding (each rank decides from the same reduced loss)."""
+    zero, one = _ranks(job, "exploded_before_first_log")
+    assert zero["losses"] == one["losses"] and zero["losses"][0][0] == 5 and zero["losses"][0][1] > 2 * math.log(64)
+    assert zero["stopped_at"] == one["stopped_at"] < zero["max_steps"]
+    assert zero["findings"] == one["findings"] and zero["findings"][0][:2] == ["exploding", "lr_too_high"]
 
 
 def test_no_target_tokens_stops_every_rank_at_the_start(job: Path) -> None:
