@@ -227,7 +227,10 @@ def check_learning_rate(
     rate = getattr(args, "learning_rate", None)
     if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not math.isfinite(rate) or rate < 0:
         return Check("learning rate", SKIP, f"learning_rate {rate!r} is not a rate")
-    what, (low, high), value = ("LoRA/QLoRA", lora_range, lora_value) if lora else ("full fine-tuning", full_range, full_value)
+    if lora:
+        what, (low, high), value = "LoRA/QLoRA", lora_range, lora_value
+    else:
+        what, (low, high), value = "full fine-tuning", full_range, full_value
     lesson = f"{low:g}–{high:g}" if low != high else f"≈ {low:g}"
     fix = f"learning_rate {rate:g} → {value:g} (the usual rate for {what})"
     if rate == 0:
