@@ -164,9 +164,10 @@ SCENARIOS: dict[str, Scenario] = {
         # 32 examples at a constant rate: past its best (step 180 for llama, 200-340 for gpt2) the eval loss rises,
         # by 1-1.5 % at the first evaluation, at every evaluation for llama and in a jagged climb for gpt2, while
         # the train loss keeps falling; the eval loss stays under 1.0 (llama) or the train loss above 0.1 (gpt2)
-        # while it does: a widening gap, not yet memorization.
+        # while it does: a widening gap, not yet memorization. 500 steps, so that gpt2's later best is followed by
+        # enough evaluations.
         ("overfitting", "widening_gap"),
-        {"learning_rate": 2e-3, "max_steps": 400, "eval_steps": 20, "lr_scheduler_type": "constant"},
+        {"learning_rate": 2e-3, "max_steps": 500, "eval_steps": 20, "lr_scheduler_type": "constant"},
         train_size=32,
     ),
 }
