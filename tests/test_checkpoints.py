@@ -136,7 +136,7 @@ def test_walking_back_and_what_is_trusted(saved, tmp_path) -> None:
     weights.write_bytes(weights.read_bytes()[:1000])
     choice = checkpoint_before(output_dir, 6)
     assert choice.path is None and len(choice.skipped) == 2 and "not a readable safetensors file" in choice.skipped[1]
-    assert choice.advice().startswith("none (every checkpoint before the onset is damaged); skipped checkpoint-4")
+    assert choice.advice().startswith("none (every earlier checkpoint is damaged); skipped checkpoint-4")
     assert checkpoint_before(tmp_path / "missing", 6) == Choice(None) and Choice(None).advice() == ""
 
 

@@ -53,7 +53,7 @@ class Choice:
         """One line for the report; empty when there is nothing to say."""
         if self.path is None and not self.skipped:
             return ""
-        text = str(self.path) if self.path else "none (every checkpoint before the onset is damaged)"
+        text = str(self.path) if self.path else "none (every earlier checkpoint is damaged)"
         if self.verified:
             text += " (weights checked: all finite)"
         if self.skipped:
