@@ -117,6 +117,8 @@ def test_live_decisions_replace_the_logs_per_class_up_to_the_last_step_read() ->
     merged, notes = with_live_decisions(logs, live, last_step=50)
     assert [(f.kind, f.step) for f in merged] == [("flat", 0), ("overfitting", 40)]
     assert "flat (no_target_tokens) at step 0, decided by the pre-flight" in notes[0]
-    assert notes[1] == "the live report also decided exploding (non_finite) at step 60, after step 50, the last one read here"
+    assert notes[1] == (
+        "the live report also decided exploding (non_finite) at step 60, after step 50, the last one read here"
+    )
     same, notes = with_live_decisions(logs[1:], LiveReport([Path("d.json")], logs[1:]), last_step=50)
     assert same == logs[1:] and notes == ["trainwatch's live report d.json was read: it gives the same decisions"]

@@ -79,10 +79,12 @@ def test_the_checkpoint_named_predates_the_onset_and_is_finite(tmp_path, caplog)
     assert not nonfinite_tensors(tmp_path / f"checkpoint-{onset - 1}" / "model.safetensors")
     report = json.loads((tmp_path / "trainwatch" / "diagnosis.json").read_text())  # written at the end: all saved
     assert report["checkpoints_to_keep"]["exploding"] == str(tmp_path / f"checkpoint-{onset - 1}")
-    assert f"checkpoint to go back to: {tmp_path / f'checkpoint-{onset - 1}'} (weights checked: all finite)" in caplog.text
+    good = tmp_path / f"checkpoint-{onset - 1}"
+    assert f"checkpoint to go back to: {good} (weights checked: all finite)" in caplog.text
     # trainwatch analyze names the same one, from the logs of the latest (poisoned) checkpoint
     result = subprocess.run(
-        [sys.executable, "-m", "trainwatch", "analyze", "--json", str(tmp_path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "trainwatch", "analyze", "--json", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
     )
     (analysed,) = json.loads(result.stdout)
     assert result.returncode == 1 and analysed["checkpoints_to_keep"] == report["checkpoints_to_keep"]
