@@ -418,3 +418,62 @@ def test_fixes_are_concrete_with_the_runs_arguments() -> None:
     text = "\n".join(over.findings[0].fixes)
     for expected in ("num_train_epochs 3 → 1", "lora_dropout 0.05 → 0.1", "lora r 8 → 4", "weight_decay 0 → 0.01"):
         assert expected in text
+
+
+# -- objectives other than a per-token cross-entropy ---------------------------------------------------------------
+def test_objective_is_a_fact_from_the_arguments_or_the_logged_keys() -> None:
+    from trainwatch.history import PREFERENCE, REINFORCEMENT
+
+    assert Facts(hyperparameters={"beta": 0.1, "loss_type": "sigmoid"}).objective == PREFERENCE
+    assert Facts(hyperparameters={"beta": 0.04, "num_generations": 8}).objective == REINFORCEMENT
+    assert Facts(hyperparameters={"learning_rate": 2e-4}).objective is None
+    engine = Engine()
+    engine.observe(1, {"loss": 0.6931, "rewards/margins": 0.0, "rewards/accuracies": 0.0})
+    assert engine.history.facts.objective == PREFERENCE and engine.history.facts.reference_loss == pytest.approx(math.log(2))
+
+
+def test_preference_loss_stuck_above_ln2_is_exploding_not_healthy() -> None:
+    """DPO at lr 0.3: from ln 2 = 0.693 the loss climbs and sits at 0.8-1.9; no vocabulary needed."""
+    losses = [0.6931, 0.93, 1.35, 1.1, 0.95, 1.6, 1.2, 0.85, 1.9, 1.05, 1.3, 0.9]
+    engine = Engine()
+    engine.replay([(i + 1, {"loss": x, "rewards/margins": -0.1}) for i, x in enumerate(losses)])
+    assert decided(engine)[0][:2] == ("exploding", "lr_too_high")
+    assert "ln 2" in engine.findings[0].summary
+    assert not any("label" in fix for fix in engine.findings[0].fixes)
+
+
+def test_preference_run_whose_eval_accuracy_still_improves_is_not_overfitting() -> None:
+    losses = decaying(200, 0.69, 0.2)
+    evals = [(40, 0.60, 0.60), (80, 0.55, 0.66), (120, 0.58, 0.70), (160, 0.62, 0.74), (200, 0.66, 0.78)]
+    entries = []
+    for step, loss in enumerate(losses, 1):
+        entries.append((step, {"loss": loss, "rewards/margins": 1.0}))
+        entries += [(step, {"eval_loss": e, "eval_rewards/accuracies": a}) for s, e, a in evals if s == step]
+    assert Engine().replay(entries).verdict == "healthy"
+    falling = {40: 0.70, 80: 0.70, 120: 0.66, 160: 0.62, 200: 0.58}
+    worse = [(s, {**logs, "eval_rewards/accuracies": falling[s]} if "eval_loss" in logs else logs) for s, logs in entries]
+    assert Engine().replay(worse).verdict == "overfitting"  # same losses, accuracy lower than at the best
+
+
+def test_grpo_with_identical_rewards_is_no_reward_signal_not_masking() -> None:
+    engine = Engine()
+    engine.replay([(s, {"loss": 0.0, "grad_norm": 0.0, "reward": 1.0, "reward_std": 0.0, "frac_reward_zero_std": 1.0})
+                   for s in range(1, 11)])
+    assert decided(engine) == [("flat", "no_reward_signal", 5)]
+    assert any("num_generations" in fix for fix in engine.findings[0].fixes)
+    assert not any("label" in fix for fix in engine.findings[0].fixes)
+
+
+def test_rl_surrogate_loss_is_not_judged_by_ratios() -> None:
+    rng = random.Random(6)
+    losses = [rng.uniform(-0.05, 0.4) for _ in range(200)]  # around 0, a spike to 8x its best is nothing here
+    engine = Engine(facts=Facts(hyperparameters={"num_generations": 4}))
+    engine.replay([(s, {"loss": x, "grad_norm": 0.3}) for s, x in enumerate(losses, 1)])
+    assert engine.verdict == "healthy"
+
+
+def test_overfitting_fix_follows_max_steps_when_it_controls_the_run() -> None:
+    from trainwatch.fixes import fixes_for
+
+    assert any("max_steps 900 → 300" in f for f in fixes_for("widening_gap", {"max_steps": 900, "num_train_epochs": 3}))
+    assert any("num_train_epochs 3 → 1" in f for f in fixes_for("widening_gap", {"max_steps": -1, "num_train_epochs": 3}))

@@ -56,7 +56,8 @@ class Engine:
         for rule in self._undecided:
             finding = rule.observe(self.history)
             if finding is not None:
-                new.append(dataclasses.replace(finding, fixes=fixes_for(finding.cause, self.history.facts.hyperparameters)))
+                facts = self.history.facts
+                new.append(dataclasses.replace(finding, fixes=fixes_for(finding.cause, facts.hyperparameters, facts.objective)))
         if new:
             self.add_findings(new)
         return new

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from trainwatch.history import PREFERENCE
+
 Params = Mapping[str, Any]
 
 
@@ -49,16 +51,21 @@ def _warmup(params: Params) -> str:
     return "warm up longer: " + _change(params, "warmup_steps", 100)
 
 
-def _exploding(params: Params) -> list[str]:
+def _exploding(params: Params, objective: str | None = None) -> list[str]:
+    data = (
+        "look at the pairs: chosen and rejected swapped, identical, or cut away by max_length"
+        if objective == PREFERENCE
+        else "look for bad examples: empty labels, extremely long texts, corrupted records"
+    )
     return [
         "lower the learning rate 10×: " + _scaled(params, "learning_rate", 0.1, "learning_rate → a tenth of its value"),
         _clip(params),
         _warmup(params),
-        "look for bad examples: empty labels, extremely long texts, corrupted records",
+        data,
     ]
 
 
-def _no_target_tokens(params: Params) -> list[str]:
+def _no_target_tokens(params: Params, objective: str | None = None) -> list[str]:
     return [
         "check the label masking: print one batch's labels and count the examples with > 0 target tokens "
         "(labels != -100); every example here has none",
@@ -68,7 +75,7 @@ def _no_target_tokens(params: Params) -> list[str]:
     ]
 
 
-def _zero_gradients(params: Params) -> list[str]:
+def _zero_gradients(params: Params, objective: str | None = None) -> list[str]:
     return [
         "check that parameters are trainable: model.print_trainable_parameters() must show > 0 trainable",
         "with gradient checkpointing on a frozen base, call model.enable_input_require_grads() "
@@ -83,19 +90,44 @@ def _zero_gradients(params: Params) -> list[str]:
     ]
 
 
-def _lr_too_low(params: Params) -> list[str]:
+def _lr_too_low(params: Params, objective: str | None = None) -> list[str]:
+    if objective == PREFERENCE:
+        beta = params.get("beta")
+        return [
+            "raise the learning rate 10×: "
+            + _scaled(params, "learning_rate", 10, "learning_rate → 5e-6 (DPO, full fine-tuning) or 5e-5 (with LoRA)"),
+            "check that chosen and rejected really differ (a pair with the same answer teaches nothing), and that "
+            "beta is not tiny" + (f" (beta is {_num(beta)}; 0.1 is usual)" if isinstance(beta, (int, float)) else ""),
+        ]
     return [
         "raise the learning rate 10×: " + _scaled(params, "learning_rate", 10, "learning_rate → 2e-4 (the QLoRA default)"),
         "check the label masking: print labels and count examples with > 0 target tokens",
     ]
 
 
-def _overfitting(params: Params) -> list[str]:
-    epochs = params.get("num_train_epochs")
-    fewer = "train fewer epochs: " + (
-        _change(params, "num_train_epochs", max(1, int(epochs) // 3)) if isinstance(epochs, (int, float)) and epochs > 1
-        else "stop at the best evaluation (load_best_model_at_end=True)"
-    )
+def _no_reward_signal(params: Params, objective: str | None = None) -> list[str]:
+    generations = params.get("num_generations")
+    temperature = params.get("temperature")
+    return [
+        "make the reward discriminate: every completion of every group got the same reward, so the reward function "
+        "is too strict (nothing earns anything) or too easy (everything does); score a few sampled completions by hand",
+        "more completions per prompt, so a group is likelier to differ: "
+        + (_change(params, "num_generations", 2 * generations) if isinstance(generations, int) else "num_generations → 8"),
+        "more varied completions: "
+        + (f"temperature {_num(temperature)} → 1.0" if isinstance(temperature, (int, float)) and temperature < 1.0
+           else "sample with temperature ≥ 1.0"),
+        "easier prompts, or a partial-credit reward, so that some completions of each group can earn it",
+    ]
+
+
+def _overfitting(params: Params, objective: str | None = None) -> list[str]:
+    epochs, steps = params.get("num_train_epochs"), params.get("max_steps")
+    if isinstance(steps, int) and steps > 0:  # max_steps, when set, is what ends the run, not the epochs
+        fewer = "train fewer steps: " + _change(params, "max_steps", max(1, steps // 3))
+    elif isinstance(epochs, (int, float)) and epochs > 1:
+        fewer = "train fewer epochs: " + _change(params, "num_train_epochs", max(1, int(epochs) // 3))
+    else:
+        fewer = "train fewer epochs: stop at the best evaluation (load_best_model_at_end=True)"
     rank = params.get("lora_r")
     lower_rank = "lower the LoRA rank: " + (
         f"lora r {rank} → {max(1, int(rank) // 2)}" if isinstance(rank, (int, float)) and rank > 1 else "r 8 → 4"
@@ -113,7 +145,7 @@ def _overfitting(params: Params) -> list[str]:
     return ["more (or more varied) training data", fewer, more_dropout, lower_rank, more_decay]
 
 
-def _frozen_layers(params: Params) -> list[str]:
+def _frozen_layers(params: Params, objective: str | None = None) -> list[str]:
     every = params.get("eval_steps")
     less_often = (
         f"eval_steps {_num(every)} → {_num(every * 10)}" if isinstance(every, (int, float)) and every >= 1
@@ -136,18 +168,20 @@ def _frozen_layers(params: Params) -> list[str]:
     ]
 
 
-FIXES: dict[str, Callable[[Params], list[str]]] = {
+FIXES: dict[str, Callable[[Params, str | None], list[str]]] = {
     "non_finite": _exploding,
     "lr_too_high": _exploding,
     "no_target_tokens": _no_target_tokens,
     "zero_gradients": _zero_gradients,
     "frozen_layers": _frozen_layers,
     "lr_too_low": _lr_too_low,
+    "no_reward_signal": _no_reward_signal,
     "memorization": _overfitting,
     "widening_gap": _overfitting,
 }
 
 
-def fixes_for(cause: str, params: Params) -> list[str]:
-    """The ordered fix list for ``cause``, rendered from ``params`` (TrainingArguments fields and LoRA settings)."""
-    return FIXES[cause](params)
+def fixes_for(cause: str, params: Params, objective: str | None = None) -> list[str]:
+    """The ordered fix list for ``cause``, rendered from ``params`` (TrainingArguments fields and LoRA settings) and
+    chosen by the run's ``objective`` too (no label-masking fix for a preference run)."""
+    return FIXES[cause](params, objective)

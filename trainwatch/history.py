@@ -12,7 +12,6 @@ import math
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
 from typing import Any
 
 LOSS = "loss"
@@ -26,9 +25,36 @@ def is_finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+TOKEN_CE, PREFERENCE, REINFORCEMENT = "token_cross_entropy", "preference", "reinforcement"
+"""What a run's loss is (``Facts.objective``): a per-token cross-entropy (Trainer, SFT), a pairwise preference loss
+(DPO and its kin, reward models: ``-log σ(margin)``, ln 2 at the start) or an RL objective (GRPO, RLOO, PPO: a
+surrogate around 0 that says nothing of progress on its own)."""
+OBJECTIVE_KEYS = {
+    "rewards/margins": PREFERENCE,
+    "rewards/accuracies": PREFERENCE,
+    "logps/chosen": PREFERENCE,
+    "reward_std": REINFORCEMENT,
+    "frac_reward_zero_std": REINFORCEMENT,
+    "completions/mean_length": REINFORCEMENT,
+}
+"""Log keys only one kind of trainer writes (TRL's), for a run whose arguments are unknown (a bare trainer_state)."""
+EVAL_ACCURACY_KEYS = ("eval_rewards/accuracies", "eval_accuracy")
+"""A preference run's held-out accuracy (DPO's chosen-over-rejected rate, a reward model's): its real progress."""
+
+
+def objective_from_args(args: Mapping[str, Any]) -> str | None:
+    """The objective a trainer's config implies by the fields only it has (TRL's GRPOConfig, DPOConfig, ...)."""
+    if "num_generations" in args:
+        return REINFORCEMENT
+    if "center_rewards_coefficient" in args or ("beta" in args and ("loss_type" in args or "rpo_alpha" in args)):
+        return PREFERENCE
+    return None
+
+
 @dataclass
 class Facts:
-    """What is known about the run besides its curves: used to judge (vocab size) and to make fixes concrete."""
+    """What is known about the run besides its curves: used to judge (vocab size, objective, planned length) and to
+    make fixes concrete."""
 
     vocab_size: int | None = None
     hyperparameters: dict[str, Any] = field(default_factory=dict)
@@ -36,6 +62,13 @@ class Facts:
     max_steps: int | None = None
     """The optimizer steps the run plans to take: "very slowly declining" is judged against how far the loss would
     get by then at its measured rate."""
+    objective: str | None = None
+    """:data:`TOKEN_CE`, :data:`PREFERENCE` or :data:`REINFORCEMENT`; from the arguments when not given, else from
+    the first log entry whose keys tell (:data:`OBJECTIVE_KEYS`); judged as a token cross-entropy until then."""
+
+    def __post_init__(self) -> None:
+        if self.objective is None:
+            self.objective = objective_from_args(self.hyperparameters)
 
     @property
     def loss_scaler(self) -> bool | None:
@@ -43,10 +76,19 @@ class Facts:
         fp16 = self.hyperparameters.get("fp16")
         return fp16 if isinstance(fp16, bool) else None
 
-    @cached_property
-    def uniform_loss(self) -> float | None:
-        """Cross-entropy of a uniform guess over the vocabulary: a language model above it knows nothing."""
-        return math.log(self.vocab_size) if self.vocab_size and self.vocab_size > 1 else None
+    @property
+    def reference_loss(self) -> float | None:
+        """The loss of a model that knows nothing: ln(vocab) for a token cross-entropy (a uniform guess), ln 2 for
+        a preference loss (a coin toss between chosen and rejected), none for an RL objective."""
+        if self.objective == PREFERENCE:
+            return math.log(2)
+        if self.objective == REINFORCEMENT or not self.vocab_size or self.vocab_size < 2:
+            return None
+        return math.log(self.vocab_size)
+
+    @property
+    def reference_name(self) -> str:
+        return "a coin toss ln 2 between chosen and rejected" if self.objective == PREFERENCE else "a uniform guess ln(vocab)"
 
 
 @dataclass(slots=True)
@@ -146,6 +188,8 @@ class EvalPoint:
     step: int
     loss: float
     train_level: float | None
+    accuracy: float | None = None
+    """A preference run's eval accuracy (:data:`EVAL_ACCURACY_KEYS`), where logged."""
 
 
 class History:
@@ -206,6 +250,8 @@ class History:
         self.best_eval_step: int | None = None
         self.best_eval_train_level: float | None = None
         """The smoothed train loss when the eval loss was at its best: how far training went on from there."""
+        self.best_eval_accuracy: float | None = None
+        """A preference run's eval accuracy at that evaluation."""
         self.rising_evals = 0
         """Consecutive evaluations, up to the last, each higher than the one before."""
         self.eval_excursion = 0.0
@@ -226,6 +272,8 @@ class History:
         for key, value in logs.items():  # not a comprehension: before Python 3.12 that is one more function call
             if key in SIGNALS and isinstance(value, (int, float)):
                 values[key] = float(value)
+            elif key in OBJECTIVE_KEYS and self.facts.objective is None:
+                self.facts.objective = OBJECTIVE_KEYS[key]
         if not values:
             return False
         self.latest = values
@@ -248,7 +296,7 @@ class History:
             self._record_loss(step, loss)
         eval_loss = values.get(EVAL_LOSS)
         if eval_loss is not None and math.isfinite(eval_loss):
-            self._record_eval(step, eval_loss)
+            self._record_eval(step, eval_loss, _eval_accuracy(logs))
         low, high = series[LOSS].min, series[LOSS].max
         self.never_a_loss = low in (None, 0.0) and high in (None, 0.0) and not series[GRAD_NORM].positive_seen
         self.loss_is_nonnegative = low is None or low >= 0
@@ -287,13 +335,14 @@ class History:
             self.loss_trend, self.eval_trend = Trend(), Trend()
         self.loss_trend.add(step, value)
 
-    def _record_eval(self, step: int, value: float) -> None:
-        """A finite eval loss, kept with the train level of the same moment."""
+    def _record_eval(self, step: int, value: float, accuracy: float | None) -> None:
+        """A finite eval loss, kept with the train level (and a preference run's eval accuracy) of the same moment."""
         evals = self.evals
         self.rising_evals = self.rising_evals + 1 if evals and value > evals[-1].loss else 0
-        evals.append(EvalPoint(step, value, self.loss_level))
+        evals.append(EvalPoint(step, value, self.loss_level, accuracy))
         if self.best_eval is None or value < self.best_eval:
             self.best_eval, self.best_eval_step, self.best_eval_train_level = value, step, self.loss_level
+            self.best_eval_accuracy = accuracy
             self.eval_recovered = max(self.eval_recovered, self.eval_excursion)
             self.eval_excursion = 0.0
         else:
@@ -314,9 +363,18 @@ class History:
         state["facts"] = {
             "vocab_size": self.facts.vocab_size,
             "max_steps": self.facts.max_steps,
+            "objective": self.facts.objective,
             "hyperparameters": dict(self.facts.hyperparameters),
         }
         return state
+
+
+def _eval_accuracy(logs: Mapping[str, Any]) -> float | None:
+    for key in EVAL_ACCURACY_KEYS:
+        value = logs.get(key)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+    return None
 
 
 def noise_scale(values: Iterable[float]) -> float | None:

@@ -7,7 +7,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainwatch.findings import EXPLODING, HIGH, Finding, confidence
-from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, History, is_finite, noise_scale
+from trainwatch.history import (
+    EVAL_LOSS,
+    GRAD_NORM,
+    LEARNING_RATE,
+    LOSS,
+    REINFORCEMENT,
+    History,
+    is_finite,
+    noise_scale,
+)
 
 
 @dataclass(frozen=True)
@@ -22,7 +31,9 @@ class ExplodingRule:
         uniform_factor: for a language model (vocab size known), a single train loss at or above
             ``uniform_factor`` × ln(vocab_size), in a run that started below it, is a spike too: a loss twice that
             of a uniform guess needs confident wrong answers on most tokens, which damaged weights give and one odd
-            batch does not. The spike threshold is the lower of this and ``max_loss``.
+            batch does not. The spike threshold is the lower of this and ``max_loss``. For a preference loss (DPO,
+            reward models) the reference is ln 2, a coin toss between chosen and rejected, in this test and the
+            ``uniform_margin`` ones (``Facts.reference_loss``); an RL objective has none.
         rise_factor: every one of the last ``smoothing`` losses at or above ``rise_factor`` × the lowest smoothed
             level so far, above where the run began, and ``rise_over_noise`` × the loss's own noise above that
             level, is a sharp rise (cause ``lr_too_high``). Each condition is needed: a long or odd batch can
@@ -72,9 +83,9 @@ class ExplodingRule:
         non_finite = self._non_finite(history)
         if non_finite is not None:
             return non_finite
-        if LOSS not in latest:
-            return None
-        start, uniform = history.loss_start, history.facts.uniform_loss
+        if LOSS not in latest or history.facts.objective == REINFORCEMENT:
+            return None  # an RL surrogate loss sits around 0 whatever happens: only NaN/inf says it exploded
+        start, uniform = history.loss_start, history.facts.reference_loss
         spike = min(self.max_loss, self.uniform_factor * uniform) if uniform is not None else self.max_loss
         if loss.last >= spike and start is not None and start < spike:
             return Finding(
@@ -82,7 +93,7 @@ class ExplodingRule:
                 "lr_too_high",
                 history.step,
                 f"the train loss spiked to {loss.last:.4g} (≥ {spike:.4g}, "
-                + ("max_loss)" if spike == self.max_loss else f"{self.uniform_factor:g} × a uniform guess ln(vocab))"),
+                + ("max_loss)" if spike == self.max_loss else f"{self.uniform_factor:g} × {history.facts.reference_name})"),
                 _evidence(history, onset_step=history.loss_floor_step, spike_threshold=spike),
             )
         level, floor = history.sustained_loss, history.loss_floor
@@ -100,7 +111,7 @@ class ExplodingRule:
         if over is not None and over < self.rise_over_noise:
             return None  # it swings that far all the time
         worse = (
-            f"worse than where it started ({start:.4g})" if rose else f"back at a uniform guess (ln vocab = {uniform:.4g})"
+            f"worse than where it started ({start:.4g})" if rose else f"back at {history.facts.reference_name} = {uniform:.4g}"
         )
         return Finding(
             self.kind,
@@ -158,7 +169,7 @@ class ExplodingRule:
             self.kind,
             "lr_too_high",
             history.step,
-            f"the train loss has stayed above a uniform guess ln(vocab) = {uniform:.4g} since its first log "
+            f"the train loss has stayed above {history.facts.reference_name} = {uniform:.4g} since its first log "
             f"({first:.4g}), now ≥ {level:.4g} and no longer falling: the model is worse than knowing nothing, "
             "its weights blew up (before the first log, if it started there)",
             _evidence(history, loss_level=level, start_loss=first, uniform_loss=uniform, onset_step=history.series[LOSS].first_step),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from trainwatch.findings import FLAT, HIGH, MEDIUM, Finding
-from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, History, Trend
+from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, REINFORCEMENT, History, Trend
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,10 @@ class FlatRule:
             gradient that trains the model, as with some optimizers' skipped steps).
 
     A loss that is 0.0 beside a positive grad norm is a real objective that happens to be 0 (GRPO logs that), and a
-    loss that goes negative is not a cross-entropy: ``lr_too_low`` is only judged on a positive loss level.
+    loss that goes negative is not a cross-entropy: ``lr_too_low`` is only judged on a positive loss level, and
+    never on an RL objective, whose surrogate loss is no measure of progress. An RL run whose loss and grad norm
+    are never anything but 0.0 is ``no_reward_signal``: every group's rewards were identical (a reward function too
+    strict or too easy), not a label-masking problem.
     """
 
     patience_steps: int = 50
@@ -100,6 +103,15 @@ class FlatRule:
         if history.never_a_loss:
             if history.step < self.confirm_steps:
                 return None
+            if history.facts.objective == REINFORCEMENT:
+                return Finding(
+                    self.kind,
+                    "no_reward_signal",
+                    history.step,
+                    f"loss and grad norm exactly 0.0 for {history.step} steps: every completion of every group got "
+                    "the same reward, so no group has an advantage to learn from",
+                    {**_evidence(history), "logged_losses": loss.count},
+                )
             return Finding(
                 self.kind,
                 "no_target_tokens",
@@ -141,6 +153,7 @@ class FlatRule:
             or history.step - start + 1 < self.patience_steps
             or trend.n < self.min_logs
             or not history.loss_is_nonnegative
+            or history.facts.objective == REINFORCEMENT  # its loss is no measure of progress; its reward is
             or LOSS not in history.latest and EVAL_LOSS not in history.latest
             or trend.n % (trend.n // 64 + 1)
         ):

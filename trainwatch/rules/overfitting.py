@@ -8,7 +8,7 @@ from itertools import islice
 from typing import ClassVar
 
 from trainwatch.findings import MEDIUM, OVERFITTING, Finding, confidence
-from trainwatch.history import EVAL_LOSS, LOSS, History, noise_scale
+from trainwatch.history import EVAL_LOSS, LOSS, PREFERENCE, REINFORCEMENT, History, noise_scale
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,10 @@ class OverfittingRule:
             train loss fell this fraction over them (a gap that goes from nothing to most of the loss).
 
     A run that never had a finite, positive train loss (all labels -100, logged as 0.0) is never overfitting, and
-    the ratio tests are only made on a loss that is never negative (cross-entropy).
+    the ratio tests are only made on a loss that is never negative (cross-entropy), never on an RL objective. A
+    preference run (DPO, reward models) whose eval accuracy is no lower than at its best evaluation is not
+    overfitting, whatever its eval loss does: a rising loss with margins and accuracy still improving is the model
+    growing more confident, not worse.
     """
 
     train_below: float = 0.1
@@ -61,7 +64,7 @@ class OverfittingRule:
             return None  # decided at an evaluation: between two, the train/eval pair it judges does not change
         evals = history.evals
         last = evals[-1]
-        if last.train_level is None or not history.loss_is_nonnegative:
+        if last.train_level is None or not history.loss_is_nonnegative or history.facts.objective == REINFORCEMENT:
             return None
         evidence = {
             "train_loss": last.train_level,
@@ -97,6 +100,9 @@ class OverfittingRule:
 
         if rise < self.min_rise * best or rise <= history.eval_recovered:
             return None  # too small to matter, or a swing the eval loss has already come back from
+        accuracy, accuracy_at_best = last.accuracy, history.best_eval_accuracy
+        if history.facts.objective == PREFERENCE and accuracy is not None and accuracy_at_best is not None and accuracy >= accuracy_at_best:
+            return None  # a preference run that still ranks held-out pairs as well as at its best: not overfitting
         if streak >= self.rising_evals and train_falling and stands_out:
             how = f"rose at each of the last {streak} evaluations"
         elif from_best and streak >= 2 and train_falling and (rise >= self.sharp_rise * best or train_fell >= self.train_fall):
