@@ -80,9 +80,14 @@ class ExplodingRule:
         loss = history.series[LOSS]
         if history.never_a_loss or loss.last is None:
             return None
-        non_finite = self._non_finite(history)
-        if non_finite is not None:
-            return non_finite
+        if (
+            history.nonfinite_grad_logs
+            or not math.isfinite(loss.last)
+            or EVAL_LOSS in latest and not is_finite(history.series[EVAL_LOSS].last)
+        ):  # the common case, everything finite, costs these three tests
+            non_finite = self._non_finite(history)
+            if non_finite is not None:
+                return non_finite
         if LOSS not in latest or history.facts.objective == REINFORCEMENT:
             return None  # an RL surrogate loss sits around 0 whatever happens: only NaN/inf says it exploded
         start, uniform = history.loss_start, history.facts.reference_loss
@@ -147,7 +152,8 @@ class ExplodingRule:
             )
         else:
             return None
-        steps = (loss.first_nonfinite_step, history.nonfinite_grad_since, eval_loss.first_nonfinite_step if eval_bad else None, history.step)
+        eval_onset = eval_loss.first_nonfinite_step if eval_bad else None
+        steps = (loss.first_nonfinite_step, history.nonfinite_grad_since, eval_onset, history.step)
         onset = min(s for s in steps if s is not None)
         return Finding(
             self.kind, "non_finite", history.step, f"{what} at step {onset}, after training normally",
