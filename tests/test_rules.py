@@ -477,3 +477,34 @@ def test_overfitting_fix_follows_max_steps_when_it_controls_the_run() -> None:
 
     assert any("max_steps 900 → 300" in f for f in fixes_for("widening_gap", {"max_steps": 900, "num_train_epochs": 3}))
     assert any("num_train_epochs 3 → 1" in f for f in fixes_for("widening_gap", {"max_steps": -1, "num_train_epochs": 3}))
+
+
+# -- the statistics the rules rest on ------------------------------------------------------------------------------
+def test_trend_fits_a_line_and_its_error_from_running_sums() -> None:
+    from trainwatch.history import Trend
+
+    rng = random.Random(7)
+    trend = Trend()
+    for step in range(1_000_000, 1_000_400):  # far from 0: the sums are kept relative to the first point
+        trend.add(step, 5.0 - 0.001 * (step - 1_000_000) + rng.gauss(0, 0.1))
+    slope, error, scatter = trend.fit()
+    assert slope == pytest.approx(-0.001, abs=3 * error) and 0 < error < 1e-4
+    assert scatter == pytest.approx(0.1, rel=0.15) and trend.span == 399
+    exact = Trend()
+    for step in (1, 2, 3):
+        exact.add(step, 2.0 * step)
+    assert exact.fit() == (pytest.approx(2.0), pytest.approx(0.0), pytest.approx(0.0))
+    assert Trend().fit()[1] == math.inf
+
+
+def test_noise_scale_is_blind_to_a_trend_and_deaf_to_a_spike() -> None:
+    from trainwatch.history import noise_scale
+
+    rng = random.Random(8)
+    noisy_line = [10 - 0.5 * i + rng.gauss(0, 0.2) for i in range(400)]
+    assert noise_scale(noisy_line) == pytest.approx(0.2, rel=0.15)
+    assert noise_scale([10 - 0.5 * i for i in range(50)]) == pytest.approx(0.0, abs=1e-9)
+    spiky = [1.0 + 0.01 * rng.gauss(0, 1) for _ in range(60)]
+    spiky[30] = 50.0
+    assert noise_scale(spiky) < 0.03
+    assert noise_scale([1.0, 2.0, 3.0]) is None
