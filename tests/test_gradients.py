@@ -147,3 +147,13 @@ def test_a_collapse_after_an_evaluation_counts_only_when_most_tensors_fall() -> 
     probe.read(with_gradients(model, 0.01, 0.01), 4)  # every tensor, against the healthy reads before
     probe.read(with_gradients(model, 0.01, 0.01), 5)
     assert probe.cut() is None  # that reference is stale: reads before step 3 are not "just before" it
+
+
+def test_a_tensor_frozen_on_purpose_is_not_a_cut() -> None:
+    probe, model = GradientProbe(), TwoLayers()
+    probe.read(with_gradients(model, 1.0, 1.0), 1)
+    probe.evaluated(1)
+    for p in model.first.parameters():
+        p.requires_grad_(False)  # progressive freezing: the user's choice
+    probe.read(with_gradients(model, None, 1.0), 2)
+    assert probe.cut() is None and not probe.armed

@@ -36,13 +36,16 @@ BEFORE_EVALUATION = "before evaluation"
 AFTER_EVALUATION = "after evaluation"
 CONFIRM = "confirm"
 SIGN = "suspicious log"
+FROZEN_ON_PURPOSE = -1.0
+"""The level of a tensor whose ``requires_grad`` was turned off since the run began: no longer judged."""
 _PRIORITY = {BEFORE_EVALUATION: 0, BASELINE: 1, SIGN: 2, AFTER_EVALUATION: 3, CONFIRM: 4}
 """When two reasons arm the same step, the read counts as the one that judges more."""
 
 
 @dataclass(frozen=True)
 class Reading:
-    """One armed read: every trainable tensor's largest absolute gradient (0.0: none, or an all-zero one)."""
+    """One armed read: every trainable tensor's largest absolute gradient (0.0: none, or an all-zero one;
+    ``FROZEN_ON_PURPOSE``: its ``requires_grad`` was turned off, as progressive freezing does)."""
 
     step: int
     reason: str
@@ -156,7 +159,8 @@ class GradientProbe:
         except (TypeError, ValueError):
             return
         if value == 0.0 or not math.isfinite(value):
-            self.arm(SIGN)
+            if self.problem is None or self.problem.step <= self._last_clean_log:
+                self.arm(SIGN)  # once per stretch of bad grad norms: the first read after it localises the rest
             return
         if self._grad_level is not None and value > self.spike_factor * self._grad_level:
             self.arm(SIGN)
@@ -179,7 +183,7 @@ class GradientProbe:
         return reading
 
     def _trainable(self, model: Any) -> list[tuple[str, Any]]:
-        """The trainable tensors, in module order, as the run began: one turned off later counts as cut off."""
+        """The trainable tensors, in module order, as the run began (one turned off later is not judged)."""
         if self._params is None or self._model_id != id(model):
             self._params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
             self._model_id = id(model)
@@ -193,7 +197,9 @@ class GradientProbe:
         groups: dict[Any, list[int]] = {}
         for i, (_, p) in enumerate(params):
             grad = p.grad
-            if grad is not None and grad.numel():
+            if not p.requires_grad:
+                levels[i] = FROZEN_ON_PURPOSE
+            elif grad is not None and grad.numel():
                 groups.setdefault(grad.device, []).append(i)
         for indices in groups.values():
             grads = [params[i][1].grad for i in indices]
