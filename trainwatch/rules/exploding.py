@@ -47,7 +47,10 @@ class ExplodingRule:
             what it learned (cause ``lr_too_high``), however small the ratio to its best. A run that was never
             below ln V and whose last losses are all more than ``uniform_margin`` above it, no longer falling
             beyond their noise, is worse than knowing nothing: it exploded before its first log (a high learning
-            rate without warmup or clipping) or stalled on a plateau only a diverged model sits on.
+            rate without warmup or clipping) or stalled on a plateau only a diverged model sits on. So is one whose
+            first log, taken after some updates (step > 1), is already at the spike threshold: no model starts
+            there. (At step 1 no update has happened yet: a first loss that high is a loss summed or scaled, not an
+            explosion; a loss scaled by ``gradient_accumulation_steps`` gets that factor of room.)
         nonfinite_grad_logs: a non-finite grad norm beside a finite loss is a step the fp16 loss scaler skipped,
             harmless on its own, but only where there is a loss scaler (``fp16``); without one (the arguments say
             ``fp16`` is off) the optimizer applied it, and the weights are NaN. Where the arguments are unknown,
@@ -101,11 +104,11 @@ class ExplodingRule:
                 + ("max_loss)" if spike == self.max_loss else f"{self.uniform_factor:g} × {history.facts.reference_name})"),
                 _evidence(history, onset_step=history.loss_floor_step, spike_threshold=spike),
             )
+        if uniform is not None and start is not None and start < self.max_loss and (loss.min or 0.0) >= uniform:
+            return self._worse_than_uniform(history, uniform, spike)
         level, floor = history.sustained_loss, history.loss_floor
         if level is None or floor is None or start is None or floor <= 0 or not history.loss_is_nonnegative:
             return None
-        if uniform is not None and start < self.max_loss and (loss.min or 0.0) >= uniform:
-            return self._worse_than_uniform(history, level, uniform)
         rose = level >= self.rise_factor * floor and level > start
         learned = uniform is not None and uniform - floor >= self.uniform_margin * uniform
         forgot = learned and uniform - level <= self.uniform_margin * (uniform - floor)  # type: ignore[operator]
@@ -160,25 +163,32 @@ class ExplodingRule:
             _evidence(history, onset_step=onset),
         )
 
-    def _worse_than_uniform(self, history: History, level: float, uniform: float) -> Finding | None:
-        """Never below a uniform guess, the last losses all well above it, and no longer falling beyond the noise."""
-        half = history.smoothing
-        if level < (1 + self.uniform_margin) * uniform or len(history.loss_window) < 2 * half:
-            return None
-        values = list(history.loss_window)[-2 * half :]
-        fall = (sum(values[:half]) - sum(values[half:])) / half
-        noise = noise_scale(values) or 0.0
-        if fall > self.rise_over_noise * noise / math.sqrt(half):
-            return None  # still coming down from its first logs: wait and see where it settles
-        first = history.series[LOSS].first
+    def _worse_than_uniform(self, history: History, uniform: float, spike: float) -> Finding | None:
+        """A loss never below the reference: far above it already at a first log taken after some updates, or
+        settled well above it and no longer falling beyond the noise."""
+        loss = history.series[LOSS]
+        first, first_step = loss.first, loss.first_step
+        accumulation = history.facts.hyperparameters.get("gradient_accumulation_steps")
+        scaled = spike * accumulation if isinstance(accumulation, int) and accumulation > 1 else spike
+        if first_step is not None and first_step > 1 and first >= scaled:  # type: ignore[operator]
+            how = f"its first log (step {first_step}) was already {first:.4g}, {first / uniform:.1f}× that"
+        else:
+            level, half = history.sustained_loss, history.smoothing
+            if level is None or level < (1 + self.uniform_margin) * uniform or len(history.loss_window) < 2 * half:
+                return None
+            values = list(history.loss_window)[-2 * half :]
+            fall = (sum(values[:half]) - sum(values[half:])) / half
+            noise = noise_scale(values) or 0.0
+            if fall > self.rise_over_noise * noise / math.sqrt(half):
+                return None  # still coming down from its first logs: wait and see where it settles
+            how = f"it has stayed above it since its first log ({first:.4g}), now ≥ {level:.4g} and no longer falling"
         return Finding(
             self.kind,
             "lr_too_high",
             history.step,
-            f"the train loss has stayed above {history.facts.reference_name} = {uniform:.4g} since its first log "
-            f"({first:.4g}), now ≥ {level:.4g} and no longer falling: the model is worse than knowing nothing, "
-            "its weights blew up (before the first log, if it started there)",
-            _evidence(history, loss_level=level, start_loss=first, uniform_loss=uniform, onset_step=history.series[LOSS].first_step),
+            f"the train loss is worse than knowing nothing ({history.facts.reference_name} = {uniform:.4g}): {how}; "
+            "the weights blew up (before the first log, if it started there)",
+            _evidence(history, start_loss=first, uniform_loss=uniform, onset_step=first_step),
         )
 
 
