@@ -26,7 +26,9 @@ class OverfittingRule:
         val_above: ... while the eval loss is above this is memorization (cause ``memorization``).
         rising_evals: the eval loss rising over this many consecutive evaluations while the train loss falls, and
             ending ``rise_over_noise`` above its best, is a widening gap (cause ``widening_gap``), however small
-            the rise: a steady gap, however large, is healthy.
+            the rise: a steady gap, however large, is healthy. So is an eval loss that stayed above its best at
+            each of this many evaluations since, their mean ``rise_over_noise`` above it and the last no lower
+            than the first, while the train loss fell: a jagged rise that never goes up three times in a row.
         rise_over_noise: how many times the eval loss's own noise a rise above its best must be to count (the
             noise of a difference of two evaluations, √2 × that of one).
         min_rise: a rise of less than this fraction of the best eval loss is too small to matter, however far
@@ -87,43 +89,57 @@ class OverfittingRule:
         if best is None or best <= 0 or at_best is None or at_best <= 0 or last.loss <= best:
             return None
         rise = last.loss - best
-        eval_noise = noise_scale(e.loss for e in islice(evals, max(0, len(evals) - self.noise_evals), None))
-        # two evaluations differ by √2 × the noise of one: that is the scale a rise above the best is measured in
-        over = rise / (eval_noise * math.sqrt(2)) if eval_noise else (None if eval_noise is None else math.inf)
-        stands_out = over is not None and over >= self.rise_over_noise
-        streak = history.rising_evals
-        streak_start = evals[-1 - streak] if streak < len(evals) else None
-        from_best = streak_start is not None and streak_start.step == history.best_eval_step
-        train_fell = 1 - last.train_level / at_best
-        train_falling = streak_start is not None and self._train_fell(history, streak_start.train_level, last.train_level)
-        evidence = {**evidence, "rise_over_noise": over, "rising_evals": streak, "train_loss_at_best_eval": at_best}
-
         if rise < self.min_rise * best or rise <= history.eval_recovered:
             return None  # too small to matter, or a swing the eval loss has already come back from
         accuracy, accuracy_at_best = last.accuracy, history.best_eval_accuracy
-        if history.facts.objective == PREFERENCE and accuracy is not None and accuracy_at_best is not None and accuracy >= accuracy_at_best:
-            return None  # a preference run that still ranks held-out pairs as well as at its best: not overfitting
-        if streak >= self.rising_evals and train_falling and stands_out:
-            how = f"rose at each of the last {streak} evaluations"
-        elif from_best and streak >= 2 and train_falling and (rise >= self.sharp_rise * best or train_fell >= self.train_fall):
-            how = f"rose at each of the {streak} evaluations since its best"
-        elif rise >= self.sharp_rise * best and (
-            (stands_out and last.train_level < at_best) or (over is None and train_fell >= self.train_fall)
-        ):
-            how = "jumped"
-        else:
+        if history.facts.objective == PREFERENCE and accuracy is not None and accuracy_at_best is not None:
+            if accuracy >= accuracy_at_best:
+                return None  # a preference run that still ranks held-out pairs as well as at its best
+        noise = noise_scale(e.loss for e in islice(evals, max(0, len(evals) - self.noise_evals), None))
+        # two evaluations differ by √2 × the noise of one: that is the scale a rise above the best is measured in
+        over = rise / (noise * math.sqrt(2)) if noise else (None if noise is None else math.inf)
+        how = self._widening(history, rise, noise, over)
+        if how is None:
             return None
-        noise = f", {over:.1f}× its noise" if over is not None and math.isfinite(over) else ""
+        train_fell = 1 - last.train_level / at_best
+        shown = f", {over:.1f}× its noise" if over is not None and math.isfinite(over) else ""
         return Finding(
             self.kind,
             "widening_gap",
             history.step,
             f"the eval loss {how} to {last.loss:.4g}, {rise / best:.1%} above its best {best:.4g} (step "
-            f"{history.best_eval_step}){noise}, while the train loss fell {at_best:.4g} → {last.train_level:.4g} "
+            f"{history.best_eval_step}){shown}, while the train loss fell {at_best:.4g} → {last.train_level:.4g} "
             f"({train_fell:.0%}): better on the training data, worse on everything else",
-            evidence,
+            {**evidence, "rise_over_noise": over, "rising_evals": history.rising_evals, "train_loss_at_best_eval": at_best},
             confidence=MEDIUM if over is None else confidence(over, self.rise_over_noise),
         )
+
+    def _widening(self, history: History, rise: float, noise: float | None, over: float | None) -> str | None:
+        """Which sign of a widening gap the evaluations show, in words, or None."""
+        evals, best, at_best = history.evals, history.best_eval, history.best_eval_train_level
+        last, streak = evals[-1], history.rising_evals
+        assert best is not None and at_best is not None and last.train_level is not None
+        stands_out = over is not None and over >= self.rise_over_noise
+        train_fell = 1 - last.train_level / at_best
+        streak_start = evals[-1 - streak] if streak < len(evals) else None
+        if streak_start is not None and self._train_fell(history, streak_start.train_level, last.train_level):
+            if streak >= self.rising_evals and stands_out:
+                return f"rose at each of the last {streak} evaluations"
+            from_best = streak_start.step == history.best_eval_step
+            if from_best and streak >= 2 and (rise >= self.sharp_rise * best or train_fell >= self.train_fall):
+                return f"rose at each of the {streak} evaluations since its best"
+        if rise >= self.sharp_rise * best and (
+            (stands_out and last.train_level < at_best) or (over is None and train_fell >= self.train_fall)
+        ):
+            return "jumped"
+        since = [e.loss for e in evals if e.step > history.best_eval_step]  # type: ignore[operator]
+        if len(since) >= self.rising_evals and noise and self._train_fell(history, at_best, last.train_level):
+            # the mean of k evaluations against one (the best): its noise is √(1 + 1/k) × that of one
+            held = (sum(since) / len(since) - best) / (noise * math.sqrt(1 + 1 / len(since)))
+            not_returning = since[-1] >= since[0]  # an eval loss on its way back to its best is a bump
+            if min(since) >= best * (1 + self.min_rise) and held >= self.rise_over_noise and not_returning:
+                return f"stayed above its best at each of the {len(since)} evaluations since"
+        return None
 
     def _train_fell(self, history: History, before: float | None, now: float) -> bool:
         """The smoothed train loss fell from ``before`` to ``now`` by more than ``significance`` × its noise."""
