@@ -157,3 +157,14 @@ def test_a_tensor_frozen_on_purpose_is_not_a_cut() -> None:
         p.requires_grad_(False)  # progressive freezing: the user's choice
     probe.read(with_gradients(model, None, 1.0), 2)
     assert probe.cut() is None and not probe.armed
+
+
+def test_an_error_in_the_probe_turns_monitoring_off_not_training(tmp_path, monkeypatch) -> None:
+    def broken(self, model, step):
+        raise RuntimeError("probe bug")
+
+    monkeypatch.setattr(GradientProbe, "read", broken)
+    diagnoser = Diagnoser(report=False)
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=5, eval_strategy="no")
+    trainer.train()
+    assert diagnoser.disabled and trainer.state.global_step == 5
