@@ -231,7 +231,8 @@ class GradientProbe:
             judged = [i for i, r in enumerate(reference) if r > 0.0]
             without = {i for i in judged if reading.levels[i] == 0.0}
             fallen = {i for i in judged if 0.0 < reading.levels[i] * self.collapse_factor < reference[i]}
-            if reading.reason in (AFTER_EVALUATION, CONFIRM) and self._fresh() and len(without) + len(fallen) >= max(1, len(judged)) / 2:
+            most = len(without) + len(fallen) >= max(1, len(judged)) / 2
+            if reading.reason in (AFTER_EVALUATION, CONFIRM) and self._fresh() and most:
                 collapsed = fallen
         cut = without | collapsed
         if cut and self._suspect is not None:  # a confirmation: only what was cut off before and still is counts
@@ -264,10 +265,11 @@ class GradientProbe:
         self._suspect = None
         cut = without | collapsed
         judged = {i for i, r in enumerate(self._reference()) if r > 0.0}
+        evaluation = self._evaluation_step
         return Cut(
             step=reading.step,
             first_step=first,
-            evaluation_step=self._evaluation_step if self._evaluation_step is not None and self._evaluation_step < first else None,
+            evaluation_step=evaluation if evaluation is not None and evaluation < first else None,
             trainable=len(reading.names),
             referenced=len(judged),
             without=[reading.names[i] for i in sorted(without)],
