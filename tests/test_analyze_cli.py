@@ -77,7 +77,8 @@ def test_logs_give_the_live_verdict(live_runs, scenario):
         # trainer_state.json keeps every digit; vocab from the checkpoint (to_dict: NaN as a word, so NaN == NaN)
         assert ours.to_dict()["evidence"] == theirs.to_dict()["evidence"]
     assert tensorboard.verdict == state.verdict == diagnoser.verdict
-    assert not [n for n in tensorboard.notes if "no evaluation" not in n]  # a clean log has nothing to note
+    # a clean log has nothing to note but the checkpoint to go back to (runs that save some)
+    assert not [n for n in tensorboard.notes if "no evaluation" not in n and not n.startswith("checkpoint to go back to")]
 
 
 @pytest.mark.parametrize("scenario", ["exploding", "lr_too_low", "overfitting"])

@@ -187,6 +187,7 @@ def test_healthy_run_checklist_in_report(tmp_path: Path, caplog) -> None:
     assert statuses == {
         "examples with targets": "pass", "examples without targets": "pass", "max sequence length": "skip",
         "mixed precision": "skip", "gradient checkpointing": "pass", "warmup": "pass", "gradient clipping": "pass",
+        "learning rate": "warn",  # 3e-3 trains the tiny model from scratch; for full fine-tuning it is far too high
         "evaluation": "warn", "save_total_limit": "pass", "GPU memory at step 1": "skip", "loss down by step 10": "pass",
     }
     assert "[pass] loss down by step 10" in caplog.text
@@ -197,6 +198,8 @@ def test_flat_start_is_reported_at_step_10(tmp_path: Path) -> None:
     tiny_trainer("lr_too_low", str(tmp_path), callbacks=[diagnoser], max_steps=12).train()
     [early] = [c for c in diagnoser.checks if c.name == pf.EARLY_LOSS]
     assert early.status == pf.WARN and early.detail.startswith("4.159 at step 1, ") and "at step 10" in early.detail
+    [rate] = [c for c in diagnoser.checks if c.name == "learning rate"]
+    assert rate.status == pf.WARN and rate.fix.startswith("learning_rate 1e-07 → 2e-05")
 
 
 def test_early_loss_waits_for_a_second_log(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 
 from trainwatch.callbacks import Diagnoser
 from trainwatch.engine import Engine, build_rules
+from trainwatch.history import Facts
 from trainwatch.testing import tiny_trainer
 
 
@@ -64,13 +65,14 @@ def _resumed_mid_way(logs: list[dict], tmp_path: Path) -> tuple[list, list, list
     """(uninterrupted, Diagnoser resumed at the middle train step, history reset at that step) decisions."""
     train_steps = [e["step"] for e in logs if "loss" in e]
     resume_step = train_steps[len(train_steps) // 2]
-    whole = Engine(build_rules()).replay((e["step"], e) for e in logs)
-    tail_only = Engine(build_rules()).replay((e["step"], e) for e in logs if e["step"] > resume_step)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
+    facts = {"hyperparameters": {"fp16": args.fp16}}  # what the live side knows of these runs: no loss scaler
+    whole = Engine(build_rules(), facts=Facts(**facts)).replay((e["step"], e) for e in logs)
+    tail_only = Engine(build_rules(), facts=Facts(**facts)).replay((e["step"], e) for e in logs if e["step"] > resume_step)
 
     diagnoser = Diagnoser(preflight=False, report=False)
     state = TrainerState(global_step=resume_step, log_history=[e for e in logs if e["step"] <= resume_step])
     control = TrainerControl()
-    args = TrainingArguments(output_dir=str(tmp_path), report_to=[], use_cpu=True)
     diagnoser.on_train_begin(args, state, control)
     for entry in (e for e in logs if e["step"] > resume_step):
         state.global_step = entry["step"]

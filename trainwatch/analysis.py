@@ -11,6 +11,7 @@ and its curves are decimated as they stream, so memory does not grow with the ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from trainwatch.checkpoints import checkpoint_for
 from trainwatch.curves import Decimator
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import KINDS, Finding
-from trainwatch.history import SIGNALS, Facts, History
+from trainwatch.history import SIGNALS, Facts, History, objective_from_args
 from trainwatch.logs import LogReadError
+from trainwatch.logs.live_report import read_live_report, with_live_decisions
 from trainwatch.logs.tensorboard import (
     EVAL_SIGNAL,
     SIGNAL_TAGS,
@@ -41,6 +44,7 @@ from trainwatch.logs.trainer_state import (
     facts_beside,
     hyperparameters_from_args,
     latest_checkpoints,
+    planned_steps,
     read_trainer_state,
     vocab_size_from_config,
 )
@@ -48,6 +52,7 @@ from trainwatch.report import format_curves, format_report
 
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
+HEALTHY, NOT_JUDGED = "healthy", "not judged"
 
 
 @dataclass
@@ -68,14 +73,25 @@ class RunReport:
     value of a short run; of a long one, each bucket's min, max and first NaN/inf (see
     :class:`~trainwatch.curves.Decimator`), so spikes and non-finite values still show."""
     entries: int = 0
+    checkpoints_to_keep: dict[str, str | None] = field(default_factory=dict)
+    """For a run in a Trainer output dir, per failure kind: the checkpoint to go back to, as the live report names
+    it (:func:`trainwatch.checkpoints.checkpoint_for`), None when there is none."""
     error: str | None = None
     """Why nothing of this run could be read (naming the files); its verdict is then ``None``."""
 
     @property
     def verdict(self) -> str | None:
+        """The first failure decided, else "healthy" if a train loss was logged, else "not judged"."""
         if self.error:
             return None
-        return self.diagnoses[0].kind if self.diagnoses else "healthy"
+        if self.diagnoses:
+            return self.diagnoses[0].kind
+        return HEALTHY if self.judged else NOT_JUDGED
+
+    @property
+    def judged(self) -> bool:
+        """Something was decided, or a train loss was logged: without one, "healthy" would say more than is known."""
+        return bool(self.diagnoses) or self.history["loss"].count > 0
 
     @property
     def failed(self) -> bool:
@@ -89,29 +105,40 @@ class RunReport:
             "verdict": self.verdict,
             "diagnoses": [f.to_dict() for f in self.diagnoses],
             "notes": list(self.notes),
+            "checkpoints_to_keep": dict(self.checkpoints_to_keep),
             "entries": self.entries,
             "last_step": self.history.step,
             "signals": series,
+            "facts": {"vocab_size": self.history.facts.vocab_size},
             **({"error": self.error} if self.error else {}),
         }
 
     def format_text(self) -> str:
         if self.error:
             return f"unreadable: {self.error}"
+        if not self.judged:
+            text = "\n".join([f"{self.source}: {NOT_JUDGED}", *(f"  note: {n}" for n in self.notes)])
+            return text + "\n" + format_curves(self.history)
         text = format_report(self.diagnoses, title=self.source, notes=self.notes)
         return text + "\n" + format_curves(self.history)
 
 
-def analyze(path: str | os.PathLike[str], *, smoothing: int = 3, **thresholds: Any) -> list[RunReport]:
+def analyze(
+    path: str | os.PathLike[str], *, smoothing: int = 3, vocab_size: int | None = None, **thresholds: Any
+) -> list[RunReport]:
     """Diagnose every run found at ``path``, each on its own. ``thresholds`` are the rules' (as for Diagnoser).
 
+    ``vocab_size`` sets the vocabulary size of every run analysed, over what its files say: the rules compare a
+    language model's loss with a uniform guess, ln(vocab_size), which logs without the model's config cannot give.
     Raises :class:`LogReadError` (one line) when ``path`` is missing or nothing under it can be read.
     """
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2):
+        raise ValueError(f"vocab_size must be an integer of at least 2, not {vocab_size!r}")
     build_rules(KINDS, **thresholds)  # an unknown threshold is the caller's error, raised before any reading
     path = Path(path)
     if not path.exists():
         raise LogReadError(f"{path}: no such file or directory")
-    reports = [_judge(source, smoothing, thresholds) for source in _sources(path)]
+    reports = [_judge(source, smoothing, thresholds, vocab_size) for source in _sources(path)]
     if not reports:
         raise LogReadError(f"{path}: no TensorBoard event files or trainer_state.json found")
     if all(r.error for r in reports):
@@ -242,7 +269,7 @@ def _looks_like_json(path: Path) -> bool:
 
 
 # -- judging one run --------------------------------------------------------------------------------------------------
-def _judge(source: _Source, smoothing: int, thresholds: dict[str, Any]) -> RunReport:
+def _judge(source: _Source, smoothing: int, thresholds: dict[str, Any], vocab_size: int | None = None) -> RunReport:
     engine = Engine(build_rules(KINDS, **thresholds), smoothing=smoothing)
     report = RunReport(source=source.label, format=source.format, notes=list(source.notes))
     other_tags: dict[str, int] = {}
@@ -252,7 +279,7 @@ def _judge(source: _Source, smoothing: int, thresholds: dict[str, Any]) -> RunRe
         except LogReadError as error:
             report.error = str(error)
             return report
-        engine.history.facts = state.facts
+        engine.history.facts = _with_vocab_size(state.facts, vocab_size)
         report.notes.extend(state.notes)
         _replay(engine, state.entries(), report)
         report.curves = _curves_of(state.log_history)
@@ -262,15 +289,44 @@ def _judge(source: _Source, smoothing: int, thresholds: dict[str, Any]) -> RunRe
             report.notes.extend(run.notes)
             report.error = "; ".join(run.notes) or f"{source.label}: no readable records"
             return report
-        engine.history.facts = _tensorboard_facts(run.texts, source.facts_dir)
+        engine.history.facts = _with_vocab_size(_tensorboard_facts(run.texts, source.facts_dir), vocab_size)
         _replay(engine, run.entries(), report)
         report.notes.extend(run.notes)  # complete once streamed: what restarts and resumes dropped is counted then
         report.curves = run.curves()
         other_tags = run.other_tags
     report.diagnoses = list(engine.findings)
     report.history = engine.history
+    output_dir = _output_dir(source)
+    live = read_live_report(output_dir) if output_dir else None
+    if live is not None:  # the live callback's decisions, a pre-flight one included, which the logs cannot show
+        report.diagnoses, notes = with_live_decisions(report.diagnoses, live, engine.history.step)
+        report.notes.extend(notes)
+    if output_dir:
+        _name_checkpoints(report, output_dir)
     report.notes.extend(_missing_signals(engine.history, other_tags))
     return report
+
+
+def _with_vocab_size(facts: Facts, vocab_size: int | None) -> Facts:
+    """The run's facts, with the vocabulary size given by the caller (``--vocab-size``) where there is one."""
+    return facts if vocab_size is None else dataclasses.replace(facts, vocab_size=vocab_size)
+
+
+def _output_dir(source: _Source) -> Path | None:
+    """The Trainer output dir the run belongs to (its checkpoints, trainwatch's own report), where known."""
+    if source.format == "trainer_state":
+        folder = source.paths[0].parent
+        return folder.parent if _CHECKPOINT.fullmatch(folder.name) else folder
+    return source.facts_dir
+
+
+def _name_checkpoints(report: RunReport, output_dir: Path) -> None:
+    """As the live report: after each failure, the checkpoint to go back to, its weights checked where cheap."""
+    for finding in report.diagnoses:
+        choice = checkpoint_for(finding, output_dir)
+        report.checkpoints_to_keep[finding.kind] = str(choice.path) if choice.path else None
+        if choice.advice():
+            report.notes.append(f"checkpoint to go back to after {finding.kind}: {choice.advice()}")
 
 
 def _replay(engine: Engine, entries: Iterator[tuple[int, dict[str, Any]]], report: RunReport) -> None:
@@ -299,9 +355,15 @@ def _tensorboard_facts(texts: dict[str, str], facts_dir: Path | None) -> Facts:
     """Facts from the ``args``/``model_config`` text summaries, completed by the output dir's files."""
     facts = facts_beside(facts_dir) if facts_dir else Facts()
     params = dict(facts.hyperparameters)
-    params.update(hyperparameters_from_args(_json_text(texts.get("args"))))
+    args = _json_text(texts.get("args"))
+    params.update(hyperparameters_from_args(args))
     vocab_size = vocab_size_from_config(_json_text(texts.get("model_config"))) or facts.vocab_size
-    return Facts(vocab_size=vocab_size, hyperparameters=params)
+    return Facts(
+        vocab_size=vocab_size,
+        hyperparameters=params,
+        max_steps=planned_steps(params) or facts.max_steps,
+        objective=objective_from_args(args) or facts.objective,
+    )
 
 
 def _json_text(text: str | None) -> dict[str, Any]:

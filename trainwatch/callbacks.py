@@ -12,11 +12,11 @@ the entries ``on_log`` saw: the detectors remember the past in the user's own ca
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -25,15 +25,19 @@ from typing import Any, TypeVar
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainwatch import preflight as checklist
+from trainwatch.checkpoints import Choice, checkpoint_for
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import EXPLODING, FLAT, KINDS, OVERFITTING, Finding
 from trainwatch.fixes import fixes_for
-from trainwatch.history import LOSS, Facts
+from trainwatch.gradients import BEFORE_EVALUATION, Cut, GradientProbe, packed_4bit_layers, short_names
+from trainwatch.history import GRAD_NORM, LOSS, REINFORCEMENT, Facts, objective_from_args
 from trainwatch.report import format_finding, to_json, write_json_atomic
 
 logger = logging.getLogger("trainwatch")
 Hook = TypeVar("Hook", bound=Callable[..., Any])
 REPORT_DIR = "trainwatch"
+LOCALIZED = ("zero_gradients", "non_finite")
+"""Causes whose finding the gradient probe enriches with the first tensor concerned."""
 
 
 def _contained(hook: Hook) -> Hook:
@@ -69,6 +73,11 @@ class DiagnosisCallback(TrainerCallback):
             ``no_target_tokens``) there, from the data, before the logs could show it; with "flat" in ``stop_on``
             training stops (Trainer reads the stop flag after its first step only).
         early_loss_step: the step at which the loss must be lower than at the start.
+        probe_gradients: read the trainable parameters' gradients on the few steps that need it
+            (:mod:`trainwatch.gradients`): the first steps, around each evaluation, after a grad norm of 0, NaN/inf
+            or a spike. Trainable tensors that stop receiving gradients while others still learn are decided "flat"
+            (cause ``frozen_layers``), and a ``zero_gradients`` or ``non_finite`` finding names the first tensor
+            concerned. Off under DeepSpeed and FSDP, whose gradients are sharded.
         max_seq_length: the length your data pipeline cut examples to, for the pre-flight's count of responses
             truncated away (read from the arguments' ``max_length``/``max_seq_length``, as TRL's ``SFTConfig``
             has them, when not given; unknown: that item is skipped).
@@ -91,6 +100,7 @@ class DiagnosisCallback(TrainerCallback):
         preflight: bool = True,
         early_loss_step: int = 10,
         max_seq_length: int | None = None,
+        probe_gradients: bool = True,
         **thresholds: Any,
     ) -> None:
         self.stop_on = tuple(stop_on)
@@ -113,6 +123,9 @@ class DiagnosisCallback(TrainerCallback):
         self._run_facts: dict[str, int] = {}
         self._begin_step = 0
         self._early_loss_due = False
+        self.probe = GradientProbe() if probe_gradients and {EXPLODING, FLAT} & set(self.kinds) else None
+        self._probe: GradientProbe | None = None  # the probe while a run that it can read is on
+        self._unlocalized: list[Finding] = []
 
     # -- what users read --------------------------------------------------------------------------------------------
     @property
@@ -130,7 +143,11 @@ class DiagnosisCallback(TrainerCallback):
         self._early_loss_due = self.preflight and state.global_step < self.early_loss_step
         self._output_dir = args.output_dir
         self._tensorboard_dir = _tensorboard_dir(args)
-        self._resume(state, _facts(args, model))
+        self._resume(state, _facts(args, model, state))
+        self._unlocalized = []
+        self._probe = self.probe if self.probe is not None and not _sharded(args) else None
+        if self._probe is not None:
+            self._probe.reset()
         if self.preflight:
             self._preflight_begin(args, state, control, model, kwargs)
 
@@ -153,12 +170,40 @@ class DiagnosisCallback(TrainerCallback):
             return
         try:
             logs = logs or {}
+            if self._probe is not None and "grad_norm" in logs:
+                self._probe.logged(state.global_step, logs["grad_norm"])
             for finding in self.engine.observe(state.global_step, logs):
+                if self._probe is not None and finding.cause in LOCALIZED:
+                    finding = self._localize(finding, kwargs.get("model"))
                 self._act(finding, state, control)
             if self._early_loss_due and state.global_step >= self.early_loss_step and LOSS in logs:
                 self._check_early_loss(state)
         except Exception as error:  # noqa: BLE001 - as _contained
             self._switch_off("on_log", error)
+
+    def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
+        """The gradient probe, on the steps it is armed for (contained as ``@_contained`` does, written out: this runs
+        on every optimizer step, and unarmed it must cost no more than the test below).
+
+        The gradients read here are the ones every rank is about to apply: DDP has averaged them over the ranks
+        before Trainer clips them and calls this hook, so every rank reads the same values and decides alike.
+        """
+        probe = self._probe
+        if probe is None or self.disabled:
+            return
+        try:
+            every = state.eval_steps if args.eval_strategy == "steps" else 0
+            if every and (state.global_step + 1) % every in (0, every - 1):
+                probe.arm(BEFORE_EVALUATION)  # the reference that the first steps after the evaluation are judged by
+            if probe.armed:
+                self._read_gradients(probe, model, state, control)
+        except Exception as error:  # noqa: BLE001 - as _contained
+            self._switch_off("on_pre_optimizer_step", error)
+
+    @_contained
+    def on_evaluate(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self._probe is not None:
+            self._probe.evaluated(state.global_step)
 
     @_contained
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
@@ -180,24 +225,22 @@ class DiagnosisCallback(TrainerCallback):
             control.should_training_stop = True
             self._stopped_by = finding
         if self.report and state.is_world_process_zero:
-            keep = self._checkpoint_to_keep(finding, state)
+            keep = self._checkpoint_to_keep(finding, state).advice()
             advice = f"\n  checkpoint to go back to: {keep}" if keep else ""
             action = "\n  stopping training (stop_on)" if stop else ""
             logger.warning("trainwatch: %s%s%s", format_finding(finding), advice, action)
             self._write_report(state)
 
-    def _checkpoint_to_keep(self, finding: Finding, state: TrainerState) -> str | None:
-        """The checkpoint worth going back to: the best one, or for an explosion the last one before its onset."""
+    def _checkpoint_to_keep(self, finding: Finding, state: TrainerState) -> Choice:
+        """The checkpoint worth going back to: the best one, or the newest clean one before the failure began."""
         if finding.kind == OVERFITTING and state.best_model_checkpoint:
-            return state.best_model_checkpoint
-        onset = finding.evidence.get("onset_step") if finding.kind in (EXPLODING, OVERFITTING) else None
-        limit = onset if isinstance(onset, int) else finding.step
-        steps = [s for s in _checkpoint_steps(self._output_dir) if s <= limit]
-        return str(Path(self._output_dir or ".") / f"checkpoint-{max(steps)}") if steps else None
+            return Choice(Path(state.best_model_checkpoint))
+        return checkpoint_for(finding, self._output_dir)
 
     def _write_report(self, state: TrainerState) -> Path:
         stopped = self._stopped_by.to_dict() if self._stopped_by else None
-        keep = {f.kind: self._checkpoint_to_keep(f, state) for f in self.engine.findings}
+        choices = {f.kind: self._checkpoint_to_keep(f, state) for f in self.engine.findings}
+        keep = {kind: str(c.path) if c.path else None for kind, c in choices.items()}
         data = to_json(self.engine.findings, source="live", step=state.global_step, stopped_by=stopped, checkpoints_to_keep=keep)
         if self.preflight:
             data["preflight"] = {**self._run_facts, "checks": [c.to_dict() for c in self.checks]}
@@ -244,6 +287,7 @@ class DiagnosisCallback(TrainerCallback):
             checklist.check_gradient_checkpointing(args, _parameter_count(model)),
             checklist.check_warmup(args.get_warmup_steps(total), total),
             checklist.check_grad_clipping(args, quantized=_quantized(model)),
+            checklist.check_learning_rate(args, lora=bool(getattr(model, "peft_config", None))),
             checklist.check_evaluation(args, per_epoch),
             checklist.check_save_limit(args),
         ]
@@ -269,14 +313,88 @@ class DiagnosisCallback(TrainerCallback):
             self.engine.add_findings([finding])
             self._act(finding, state, control)
 
+    # -- gradient probe -------------------------------------------------------------------------------------------
+    def _read_gradients(self, probe: GradientProbe, model: Any, state: TrainerState, control: TrainerControl) -> None:
+        """One armed read: decide ``frozen_layers`` once it is confirmed, localise findings still waiting for it.
+
+        Like the pre-flight's, this decision comes from outside the logged series (no log holds per-tensor
+        gradients), so it says so: ``evidence["decided_by"] == "gradient probe"``.
+        """
+        reading = probe.read(model, state.global_step + 1)
+        if reading is None:
+            return
+        cut = probe.cut()
+        if cut is not None and FLAT in self.kinds and all(f.kind != FLAT for f in self.engine.findings):
+            finding = _cut_finding(cut, model, self.engine.history.facts.hyperparameters, probe.max_names)
+            self.engine.add_findings([finding])
+            self._act(finding, state, control)
+        if self._unlocalized and probe.localization() is not None:
+            waiting, self._unlocalized = self._unlocalized, []
+            for finding in waiting:
+                self._relocalize(finding, self._localize(finding, None), state)
+
+    def _localize(self, finding: Finding, model: Any) -> Finding:
+        """``finding`` with the probe's evidence on the first tensor concerned; remembered until the probe has it."""
+        probe = self.probe
+        evidence = probe.localization() if probe is not None else None
+        extra: dict[str, Any] = dict(evidence or {})
+        if finding.cause == "non_finite" and model is not None and probe is not None:
+            extra.update(probe.non_finite_weights(model))  # readable at once, armed or not
+        if evidence is None:
+            self._unlocalized.append(finding)
+        if not extra:
+            return finding
+        notes = []
+        total = extra.get("trainable_tensors")
+        if extra.get("tensors_with_non_finite_gradient"):
+            bad, first = extra["tensors_with_non_finite_gradient"], extra.get("first_non_finite_gradient")
+            notes.append(f"first non-finite gradient in {short_names([first], 1)[0]} ({bad} of {total} trainable tensors)"
+                         if first else f"every one of the {total} trainable tensors has a non-finite gradient")
+        elif finding.cause == "zero_gradients" and extra.get("tensors_without_gradient"):
+            none, first = extra["tensors_without_gradient"], extra.get("first_without_gradient")
+            notes.append(f"{none} of {total} trainable tensors receive no gradient, first {short_names([first], 1)[0]}")
+        if "gradient_probe_step" in extra and notes:
+            notes[-1] += f" (gradient probe at step {extra['gradient_probe_step']})"
+        if extra.get("tensors_with_non_finite_weights"):
+            notes.append(f"first non-finite weight in {short_names([extra['first_non_finite_weight']], 1)[0]} "
+                         f"({extra['tensors_with_non_finite_weights']} of {total} trainable tensors)")
+        summary = finding.summary + ("; " + "; ".join(notes) if notes else "")
+        evidence_now = {**finding.evidence, **{k: v for k, v in extra.items() if k not in finding.evidence}}
+        enriched = dataclasses.replace(finding, summary=summary, evidence=evidence_now)
+        for i, known in enumerate(self.engine.findings):
+            if known is finding:
+                self.engine.findings[i] = enriched
+        if finding in self._unlocalized and evidence is None:
+            self._unlocalized[self._unlocalized.index(finding)] = enriched
+        return enriched
+
+    def _relocalize(self, before: Finding, after: Finding, state: TrainerState) -> None:
+        """A finding decided earlier now names its tensor: the report is written again (nothing else is redone)."""
+        if after is before:
+            return
+        if self._stopped_by is before:
+            self._stopped_by = after
+        if self.report and state.is_world_process_zero:
+            logger.warning("trainwatch: %s (%s) at step %d localised: %s", after.kind, after.cause, after.step, after.summary)
+            self._write_report(state)
+
     def _check_early_loss(self, state: TrainerState) -> None:
         """The checklist's "loss lower at ``early_loss_step`` than at the start", once two losses are known."""
         loss = self.engine.history[LOSS]
         if loss.count < 2:
             return
         self._early_loss_due = False
+        if self.engine.history.facts.objective == REINFORCEMENT:
+            skip = checklist.Check(checklist.EARLY_LOSS, checklist.SKIP, "an RL objective's loss is no measure of progress")
+            self._add_checks(state, [skip])
+            return
         level = self.engine.history.loss_level if self.engine.history.loss_level is not None else loss.last
-        self._add_checks(state, [checklist.check_early_loss(loss.first, loss.first_step, level, state.global_step)])
+        grad_norm = self.engine.history[GRAD_NORM]  # logged beside the loss: a NaN hidden as 0.0 shows there
+        beside = grad_norm.last if grad_norm.last_step == loss.last_step else None
+        check = checklist.check_early_loss(
+            loss.first, loss.first_step, level, state.global_step, last=loss.last, grad_norm=beside
+        )
+        self._add_checks(state, [check])
 
     def _add_checks(self, state: TrainerState, checks: list[checklist.Check], header: str = "") -> None:
         self.checks.extend(checks)
@@ -314,8 +432,9 @@ class OverfittingDetector(DiagnosisCallback):
 
 
 # -- reading the run's facts ----------------------------------------------------------------------------------------
-def _facts(args: TrainingArguments, model: Any) -> Facts:
-    """Vocab size (judges a language model's loss) and the arguments the fixes quote."""
+def _facts(args: TrainingArguments, model: Any, state: TrainerState) -> Facts:
+    """Vocab size (judges a language model's loss), planned length (judges a slow decline) and the arguments the
+    fixes quote."""
     params = {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
     vocab_size = None
     config = getattr(model, "config", None)
@@ -327,7 +446,8 @@ def _facts(args: TrainingArguments, model: Any) -> Facts:
             if isinstance(getattr(peft_config, theirs, None), (int, float)):
                 params[ours] = getattr(peft_config, theirs)
         break
-    return Facts(vocab_size=vocab_size, hyperparameters=params)
+    objective = objective_from_args(args.to_dict())  # from every field: TRL's marker fields are lists and None
+    return Facts(vocab_size=vocab_size, hyperparameters=params, max_steps=state.max_steps or None, objective=objective)
 
 
 def _tensorboard_dir(args: TrainingArguments) -> str | None:
@@ -341,10 +461,51 @@ def _tensorboard_dir(args: TrainingArguments) -> str | None:
     return str(max(recent, key=lambda d: d.stat().st_mtime)) if recent else None
 
 
-def _checkpoint_steps(output_dir: str | None) -> list[int]:
-    if not output_dir or not os.path.isdir(output_dir):
-        return []
-    return [int(m.group(1)) for name in os.listdir(output_dir) if (m := re.fullmatch(r"checkpoint-(\d+)", name))]
+# -- the gradient probe's own finding ------------------------------------------------------------------------------
+def _sharded(args: TrainingArguments) -> bool:
+    """DeepSpeed or FSDP: each rank holds a shard of the gradients (or none in ``.grad``): the probe stays off."""
+    env = os.environ
+    return bool(
+        getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
+        or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+        or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    )
+
+
+def _cut_finding(cut: Cut, model: Any, params: Any, limit: int) -> Finding:
+    """"flat"/``frozen_layers``: trainable tensors that stopped receiving gradients while others still learn."""
+    after = f" after the evaluation at step {cut.evaluation_step}" if cut.evaluation_step is not None else ""
+    names = ", ".join(short_names(cut.cut, 3))
+    if cut.collapsed:
+        what = (f"stopped learning{after}: each gradient is 0 or fell more than {cut.collapse_factor:g}× at once "
+                f"(step {cut.first_step} and on)")
+    else:
+        what = f"stopped receiving gradients{after} (step {cut.first_step} and on)"
+    summary = f"{len(cut.cut)} of {cut.trainable} trainable tensors {what}: {names}; {len(cut.still_learning)} still learn"
+    if cut.referenced < cut.trainable:
+        summary += f", {cut.trainable - cut.referenced} had no gradient yet to compare with"
+    packed = packed_4bit_layers(model) if model is not None and getattr(model, "training", True) else []
+    if packed:
+        summary += (f"; bitsandbytes repacked {len(packed)} 4-bit layers for its inference-only CPU kernel, which has "
+                    "no backward (AVX512-BF16 CPU)")
+    evidence = {
+        "decided_by": "gradient probe",
+        "evaluation_step": cut.evaluation_step,
+        "first_seen_step": cut.first_step,
+        "trainable_tensors": cut.trainable,
+        "tensors_with_gradient_before": cut.referenced,
+        "tensors_cut_off": len(cut.cut),
+        "tensors_without_gradient": len(cut.without),
+        "tensors_collapsed": len(cut.collapsed),
+        "collapse_factor": cut.collapse_factor,
+        "cut_off": short_names(cut.cut, limit),
+        "still_learning": short_names(cut.still_learning, limit),
+        "packed_4bit_layers": len(packed),
+    }
+    finding = Finding(FLAT, "frozen_layers", cut.step, summary, evidence, fixes_for("frozen_layers", params))
+    if cut.without or packed:
+        return finding  # exactly no gradient, or the 4-bit CPU kernel seen: certain
+    return dataclasses.replace(finding, confidence="medium")  # a collapse of unknown cause
 
 
 # -- what the pre-flight reads from the run -------------------------------------------------------------------------

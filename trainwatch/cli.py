@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument(
         "--smoothing", type=_positive_int, default=3, help="train losses whose median is the smoothed level (default 3)"
     )
+    analyze.add_argument(
+        "--vocab-size", type=_vocab_size, metavar="N",
+        help="the model's vocabulary size, for every run analysed (over what its files say): the loss is compared "
+        "with a uniform guess ln N. Give it when the logs lack the model's config",
+    )
     analyze.set_defaults(handler=_analyze)
     check = commands.add_parser(
         "check", help="run the pre-flight data checklist on a JSONL training set",
@@ -61,6 +66,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _vocab_size(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number of tokens, not {text!r}") from None
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,7 +93,7 @@ def _analyze(args: argparse.Namespace) -> int:
         from trainwatch.plot import check_plotting
 
         check_plotting(args.plot)
-    reports = analyze(args.path, smoothing=args.smoothing)
+    reports = analyze(args.path, smoothing=args.smoothing, vocab_size=args.vocab_size)
     if args.plot:
         from trainwatch.plot import plot_reports
 

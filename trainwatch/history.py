@@ -33,6 +33,8 @@ OBJECTIVE_KEYS = {
     "rewards/margins": PREFERENCE,
     "rewards/accuracies": PREFERENCE,
     "logps/chosen": PREFERENCE,
+    "mean_reward": PREFERENCE,  # TRL's RewardTrainer: a pairwise loss too
+    "min_reward": PREFERENCE,
     "reward_std": REINFORCEMENT,
     "frac_reward_zero_std": REINFORCEMENT,
     "completions/mean_length": REINFORCEMENT,

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainwatch.history import SIGNALS, Facts
+from trainwatch.history import SIGNALS, Facts, objective_from_args
 from trainwatch.logs import LogReadError
 
 STATE_FILE = "trainer_state.json"
@@ -96,14 +96,18 @@ def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Fac
         folders = [directory.parent, directory]  # a checkpoint's own files win over its output dir's
     else:
         folders = [directory, *latest_checkpoints(directory)[:1]]
-    vocab_size = None
+    vocab_size, objective = None, None
     for folder in folders:
-        params.update(hyperparameters_from_args(_json_object(folder / "training_args.json")))
+        args = _json_object(folder / "training_args.json")
+        objective = objective_from_args(args) or objective
+        params.update(hyperparameters_from_args(args))
         params.update(lora_hyperparameters(_json_object(folder / "adapter_config.json")))
         vocab_size = vocab_size_from_config(_json_object(folder / "config.json")) or vocab_size
     planned = state.get("max_steps") if state else None  # the computed total, unlike the argument of that name
     max_steps = planned if _is_number(planned) and planned > 0 else planned_steps(params)
-    return Facts(vocab_size=vocab_size, hyperparameters=params, max_steps=int(max_steps) if max_steps else None)
+    return Facts(
+        vocab_size=vocab_size, hyperparameters=params, max_steps=int(max_steps) if max_steps else None, objective=objective
+    )
 
 
 def planned_steps(args: Mapping[str, Any]) -> int | None:
