@@ -168,3 +168,17 @@ def test_an_error_in_the_probe_turns_monitoring_off_not_training(tmp_path, monke
     trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=5, eval_strategy="no")
     trainer.train()
     assert diagnoser.disabled and trainer.state.global_step == 5
+
+
+def test_a_read_scaled_by_clipping_judges_no_collapse() -> None:
+    """A spike in one tensor makes clipping shrink every other one: that is not a collapse, so a clipped read is
+    not judged, and the next one is read instead."""
+    probe, model = GradientProbe(max_grad_norm=1.0), TwoLayers()
+    probe.read(with_gradients(model, 0.1, 0.1), 1)
+    probe.evaluated(1)
+    with_gradients(model, 0.001, 0.001)
+    model.second.bias.grad.fill_(1.0)  # as clipped: the total is max_grad_norm, the spike carries it
+    reading = probe.read(model, 2)
+    assert reading.total == pytest.approx(1.0, rel=1e-4) and probe.cut() is None and probe.armed
+    probe.read(with_gradients(model, 0.1, 0.1), 3)  # not clipped, nothing fell
+    assert probe.cut() is None and not probe.armed

@@ -46,14 +46,14 @@ def test_evaluation_repacks_4bit_weights_only_without_the_guard(guard):
     assert packed_layers(model) == (0 if guard else layers)
 
 
-def run_reference(out, *, guard: bool, save_every_evaluation: bool, monkeypatch) -> dict:
-    """The reference run on the CPU, 6 steps, evaluated after step 4; its diagnosis.json."""
+def run_reference(out, *, guard: bool, save_every_evaluation: bool, monkeypatch, epochs: int = 1) -> dict:
+    """The reference run on the CPU, 6 steps an epoch, evaluated every 4 steps; its diagnosis.json."""
     if not guard:
         monkeypatch.setattr(train, "keep_4bit_layers_trainable_on_cpu", lambda model: 0)
     saving = ["--save_steps", "4"] if save_every_evaluation else ["--save_strategy", "no", "--load_best_model_at_end", "false"]
     train.main([
         "--use_cpu", "true", "--output_dir", str(out), "--max_examples", "96", "--max_eval_examples", "8",
-        "--num_train_epochs", "1", "--logging_steps", "2", "--eval_steps", "4", "--disable_tqdm", "true", *saving,
+        "--num_train_epochs", str(epochs), "--logging_steps", "2", "--eval_steps", "4", "--disable_tqdm", "true", *saving,
     ])
     return json.loads((out / "trainwatch" / "diagnosis.json").read_text())
 
@@ -63,13 +63,14 @@ def test_diagnoser_reports_frozen_layers_when_the_guard_is_off(tmp_path, monkeyp
     """After the first evaluation the base layers have no backward: the gradients of every q/k/v adapter collapse
     (by 100-1000x, to exactly 0 where lora_B is still 0), while the o_proj adapters, nearest the loss, still learn.
     The grad norm stays well above 0 and the loss still falls: not zero_gradients, and no rule on the logs sees it."""
-    report = run_reference(tmp_path / "trap", guard=False, save_every_evaluation=False, monkeypatch=monkeypatch)
+    report = run_reference(tmp_path / "trap", guard=False, save_every_evaluation=False, monkeypatch=monkeypatch, epochs=2)
     first = report["diagnoses"][0]
     assert (report["verdict"], first["cause"]) == ("flat", "frozen_layers")
     assert "zero_gradients" not in [d["cause"] for d in report["diagnoses"]]
     evidence = first["evidence"]
     assert evidence["decided_by"] == "gradient probe" and evidence["evaluation_step"] == 4
-    assert first["step"] == report["stopped_by"]["step"] == 6  # read at step 5, confirmed at 6, stopped (stop_on)
+    # seen at step 5, confirmed on the next read whose gradients clipping did not scale (6 or a few later), stopped
+    assert 6 <= first["step"] == report["stopped_by"]["step"] <= 11
     assert evidence["packed_4bit_layers"] == 28  # q, k, v, o, gate, up, down in each of the 4 layers
     assert evidence["trainable_tensors"] == 32 and evidence["tensors_cut_off"] >= 16
     assert evidence["cut_off"][0] == "model.layers.0.self_attn.q_proj.lora_A.default.weight"

@@ -51,6 +51,8 @@ class Reading:
     reason: str
     names: tuple[str, ...]
     levels: tuple[float, ...]
+    total: float = 0.0
+    """The 2-norm over all these gradients, as clipped (``max_grad_norm`` when clipping scaled them down)."""
 
     @property
     def without(self) -> list[int]:
@@ -113,6 +115,8 @@ class GradientProbe:
     spike_factor: float = 10.0
     confirm_reads: int = 2
     max_names: int = 8
+    max_grad_norm: float = 0.0
+    """Trainer's clipping threshold (0: off); the Diagnoser sets it from the run's arguments."""
     reads: int = field(default=0, init=False)
     """Armed reads so far (the cost a run paid)."""
     latest: Reading | None = field(default=None, init=False)
@@ -132,6 +136,7 @@ class GradientProbe:
         self._evaluation_step: int | None = None
         self._suspect: tuple[int, set[int], set[int]] | None = None  # first step, without, collapsed
         self._confirmations = 0
+        self._unclear = 0
         self._grad_level: float | None = None
         self._last_clean_log = -1
         self.latest = None
@@ -173,8 +178,8 @@ class GradientProbe:
         if self._due is None or model is None:
             return None
         reason, self._due = self._due, None
-        names, levels = self._levels(model)
-        reading = Reading(step, reason, names, levels)
+        names, levels, total = self._levels(model)
+        reading = Reading(step, reason, names, levels, total)
         self.reads += 1
         self.latest = reading
         if reading.non_finite or (reading.without and not reading.learning):
@@ -189,7 +194,7 @@ class GradientProbe:
             self._model_id = id(model)
         return self._params
 
-    def _levels(self, model: Any) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    def _levels(self, model: Any) -> tuple[tuple[str, ...], tuple[float, ...], float]:
         import torch
 
         params = self._trainable(model)
@@ -201,12 +206,16 @@ class GradientProbe:
                 levels[i] = FROZEN_ON_PURPOSE
             elif grad is not None and grad.numel():
                 groups.setdefault(grad.device, []).append(i)
+        squares = 0.0
         for indices in groups.values():
             grads = [params[i][1].grad for i in indices]
-            norms = torch._foreach_norm(grads, math.inf, dtype=torch.float32)  # one fused kernel per device
-            for i, value in zip(indices, torch.stack(norms).tolist()):  # one copy to the host
+            largest = torch._foreach_norm(grads, math.inf, dtype=torch.float32)  # fused kernels, per device
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
+            values = torch.stack([*largest, *norms]).tolist()  # one copy to the host
+            for i, value in zip(indices, values):
                 levels[i] = value
-        return tuple(n for n, _ in params), tuple(levels)
+            squares += sum(v * v for v in values[len(indices):])
+        return tuple(n for n, _ in params), tuple(levels), math.sqrt(squares)
 
     # -- judging ------------------------------------------------------------------------------------------------------
     def _reference(self) -> list[float]:
@@ -214,6 +223,9 @@ class GradientProbe:
         if not self._recent:
             return []
         return [min((v for v in column if v > 0.0), default=0.0) for column in zip(*self._recent)]
+
+    def _clipped(self, reading: Reading) -> bool:
+        return self.max_grad_norm > 0 and reading.total >= self.max_grad_norm * 0.999
 
     def _fresh(self) -> bool:
         """Gradients may fall a lot over a run; a collapse is only judged against reads just before the evaluation."""
@@ -226,13 +238,22 @@ class GradientProbe:
         if not reading.learning:
             return  # nothing learns at all: the flat rule's zero_gradients, localised through `problem`
         reference = self._reference()
+        judging_collapse = reading.reason in (AFTER_EVALUATION, CONFIRM) and self._fresh()
+        if judging_collapse and self._clipped(reading):
+            # Clipping scaled this step's gradients by a factor we cannot know (a spike in one tensor would make every
+            # other one look collapsed): read the next step instead, a few times at most.
+            if self._unclear < 5:
+                self._unclear += 1
+                self.arm(reading.reason)
+            return
+        self._unclear = 0
         without, collapsed = set(), set()
         if reference and len(reference) == len(reading.levels):
             judged = [i for i, r in enumerate(reference) if r > 0.0]
             without = {i for i in judged if reading.levels[i] == 0.0}
             fallen = {i for i in judged if 0.0 < reading.levels[i] * self.collapse_factor < reference[i]}
             most = len(without) + len(fallen) >= max(1, len(judged)) / 2
-            if reading.reason in (AFTER_EVALUATION, CONFIRM) and self._fresh() and most:
+            if judging_collapse and most:
                 collapsed = fallen
         cut = without | collapsed
         if cut and self._suspect is not None:  # a confirmation: only what was cut off before and still is counts
