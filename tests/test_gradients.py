@@ -182,3 +182,10 @@ def test_a_read_scaled_by_clipping_judges_no_collapse() -> None:
     assert reading.total == pytest.approx(1.0, rel=1e-4) and probe.cut() is None and probe.armed
     probe.read(with_gradients(model, 0.1, 0.1), 3)  # not clipped, nothing fell
     assert probe.cut() is None and not probe.armed
+
+
+def test_no_gradient_means_exactly_zero_and_non_finite_a_nan_or_inf_element() -> None:
+    probe, model = GradientProbe(), TwoLayers()
+    with_gradients(model, 1e-30, 1e30)  # squares underflow and overflow in float32; the values do not
+    reading = probe.read(model, 1)
+    assert not reading.without and not reading.non_finite and len(reading.learning) == 4

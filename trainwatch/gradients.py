@@ -11,9 +11,10 @@ is armed for, so a healthy run pays nothing per step:
   changes under the run's feet (bitsandbytes repacks 4-bit layers for an inference-only CPU kernel there);
 - the step after a suspicious log: a grad norm of exactly 0, a non-finite one, or a spike.
 
-One read is one fused reduction per device (``torch._foreach_norm`` with ``ord=inf``: the largest absolute value
-of each gradient, exactly 0 only for an all-zero gradient, never overflowing, NaN when any element is) and one copy
-to the host, O(number of trainable tensors).
+One read is one fused reduction per device (``torch._foreach_norm``: each gradient's 2-norm, NaN or inf when an
+element is) and one copy to the host, O(number of trainable tensors); only a norm of exactly 0 or inf is checked
+again on its tensor, so that "no gradient" means exactly all zero and "non-finite" a NaN/inf element, never an
+underflow or overflow of the squares.
 
 The probe reads the gradients Trainer is about to apply: after accumulation, after DDP has averaged them over the
 ranks (so every rank reads the same values and takes the same decision without a collective of ours) and after
@@ -36,6 +37,7 @@ BEFORE_EVALUATION = "before evaluation"
 AFTER_EVALUATION = "after evaluation"
 CONFIRM = "confirm"
 SIGN = "suspicious log"
+_TOO_SMALL, _TOO_LARGE = 5e-324, 1.8e308
 FROZEN_ON_PURPOSE = -1.0
 """The level of a tensor whose ``requires_grad`` was turned off since the run began: no longer judged."""
 _PRIORITY = {BEFORE_EVALUATION: 0, BASELINE: 1, SIGN: 2, AFTER_EVALUATION: 3, CONFIRM: 4}
@@ -44,7 +46,7 @@ _PRIORITY = {BEFORE_EVALUATION: 0, BASELINE: 1, SIGN: 2, AFTER_EVALUATION: 3, CO
 
 @dataclass(frozen=True)
 class Reading:
-    """One armed read: every trainable tensor's largest absolute gradient (0.0: none, or an all-zero one;
+    """One armed read: every trainable tensor's gradient 2-norm (0.0: none, or an all-zero one;
     ``FROZEN_ON_PURPOSE``: its ``requires_grad`` was turned off, as progressive freezing does)."""
 
     step: int
@@ -206,16 +208,17 @@ class GradientProbe:
                 levels[i] = FROZEN_ON_PURPOSE
             elif grad is not None and grad.numel():
                 groups.setdefault(grad.device, []).append(i)
-        squares = 0.0
         for indices in groups.values():
             grads = [params[i][1].grad for i in indices]
-            largest = torch._foreach_norm(grads, math.inf, dtype=torch.float32)  # fused kernels, per device
-            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)
-            values = torch.stack([*largest, *norms]).tolist()  # one copy to the host
-            for i, value in zip(indices, values):
+            norms = torch._foreach_norm(grads, 2, dtype=torch.float32)  # one fused kernel per device
+            for i, grad, value in zip(indices, grads, torch.stack(norms).tolist()):  # one copy to the host
+                if value == 0.0 and bool(grad.any()):
+                    value = _TOO_SMALL  # every square underflowed: a gradient all the same, if a tiny one
+                elif value == math.inf and bool(torch.isfinite(grad).all()):
+                    value = _TOO_LARGE  # the squares overflowed, not the values
                 levels[i] = value
-            squares += sum(v * v for v in values[len(indices):])
-        return tuple(n for n, _ in params), tuple(levels), math.sqrt(squares)
+        total = math.sqrt(sum(v * v for v in levels if v > 0.0))
+        return tuple(n for n, _ in params), tuple(levels), total
 
     # -- judging ------------------------------------------------------------------------------------------------------
     def _reference(self) -> list[float]:
