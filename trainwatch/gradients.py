@@ -27,6 +27,7 @@ with any non-finite gradient is used to localise the fault, never to judge which
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ BEFORE_EVALUATION = "before evaluation"
 AFTER_EVALUATION = "after evaluation"
 CONFIRM = "confirm"
 SIGN = "suspicious log"
-_TOO_SMALL, _TOO_LARGE = 5e-324, 1.8e308
+_TOO_SMALL, _TOO_LARGE = 5e-324, sys.float_info.max
 FROZEN_ON_PURPOSE = -1.0
 """The level of a tensor whose ``requires_grad`` was turned off since the run began: no longer judged."""
 _PRIORITY = {BEFORE_EVALUATION: 0, BASELINE: 1, SIGN: 2, AFTER_EVALUATION: 3, CONFIRM: 4}
@@ -217,7 +218,7 @@ class GradientProbe:
                 elif value == math.inf and bool(torch.isfinite(grad).all()):
                     value = _TOO_LARGE  # the squares overflowed, not the values
                 levels[i] = value
-        total = math.sqrt(sum(v * v for v in levels if v > 0.0))
+        total = math.hypot(*(v for v in levels if not v <= 0.0))  # NaN stays NaN
         return tuple(n for n, _ in params), tuple(levels), total
 
     # -- judging ------------------------------------------------------------------------------------------------------
