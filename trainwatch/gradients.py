@@ -246,7 +246,7 @@ class GradientProbe:
         if judging_collapse and self._clipped(reading):
             # Clipping scaled this step's gradients by a factor we cannot know (a spike in one tensor would make every
             # other one look collapsed): read the next step instead, a few times at most.
-            if self._unclear < 5:
+            if self._unclear < 3:
                 self._unclear += 1
                 self.arm(reading.reason)
             return
