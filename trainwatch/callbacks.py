@@ -148,6 +148,7 @@ class DiagnosisCallback(TrainerCallback):
         self._probe = self.probe if self.probe is not None and not _sharded(args) else None
         if self._probe is not None:
             self._probe.reset()
+            self._probe.max_grad_norm = float(args.max_grad_norm or 0.0)
         if self.preflight:
             self._preflight_begin(args, state, control, model, kwargs)
 
