@@ -45,9 +45,11 @@ class ExplodingRule:
             a model that knows nothing. A run whose best level was more than ``uniform_margin`` × ln V below it,
             and whose last losses all climbed back to within ``uniform_margin`` of that distance from it, has lost
             what it learned (cause ``lr_too_high``), however small the ratio to its best. A run that was never
-            below ln V and whose last losses are all more than ``uniform_margin`` above it, no longer falling
-            beyond their noise, is worse than knowing nothing: it exploded before its first log (a high learning
-            rate without warmup or clipping) or stalled on a plateau only a diverged model sits on. So is one whose
+            below ln V and whose last losses are all more than ``uniform_margin`` above it, while the newer half
+            of its last 16 losses is no lower than the older half beyond 2 standard errors, is worse than knowing
+            nothing: it exploded before its first log (a high learning rate without warmup or
+            clipping) or stalled on a plateau only a diverged model sits on. (A base model confidently wrong on new
+            data can start above ln V too, but it falls.) So is one whose
             first log, taken after some updates (step > 1), is already at the spike threshold: no model starts
             there. (At step 1 no update has happened yet: a first loss that high is a loss summed or scaled, not an
             explosion; a loss scaled by ``gradient_accumulation_steps`` gets that factor of room.)
@@ -173,15 +175,14 @@ class ExplodingRule:
         if first_step is not None and first_step > 1 and first >= scaled:  # type: ignore[operator]
             how = f"its first log (step {first_step}) was already {first:.4g}, {first / uniform:.1f}× that"
         else:
-            level, half = history.sustained_loss, history.smoothing
-            if level is None or level < (1 + self.uniform_margin) * uniform or len(history.loss_window) < 2 * half:
+            level, window = history.sustained_loss, history.loss_window
+            if level is None or level < (1 + self.uniform_margin) * uniform or len(window) < window.maxlen:  # type: ignore[operator]
                 return None
-            values = list(history.loss_window)[-2 * half :]
+            values, half = list(window), len(window) // 2
             fall = (sum(values[:half]) - sum(values[half:])) / half
-            noise = noise_scale(values) or 0.0
-            if fall > self.rise_over_noise * noise / math.sqrt(half):
-                return None  # still coming down from its first logs: wait and see where it settles
-            how = f"it has stayed above it since its first log ({first:.4g}), now ≥ {level:.4g} and no longer falling"
+            if fall > 2 * (noise_scale(values) or 0.0) * math.sqrt(2 / half):
+                return None  # still coming down (a base model confidently wrong on new data does): let it
+            how = f"it has stayed above it since its first log ({first:.4g}), now ≥ {level:.4g}, and stopped falling"
         return Finding(
             self.kind,
             "lr_too_high",
