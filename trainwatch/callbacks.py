@@ -12,7 +12,6 @@ the entries ``on_log`` saw: the detectors remember the past in the user's own ca
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import logging
 import math
@@ -29,7 +28,7 @@ from trainwatch.checkpoints import Choice, checkpoint_for
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import EXPLODING, FLAT, KINDS, OVERFITTING, Finding
 from trainwatch.fixes import fixes_for
-from trainwatch.gradients import BEFORE_EVALUATION, Cut, GradientProbe, packed_4bit_layers, short_names
+from trainwatch.gradients import BEFORE_EVALUATION, GradientProbe, cut_finding, localized, sharded
 from trainwatch.history import GRAD_NORM, LOSS, REINFORCEMENT, Facts, objective_from_args
 from trainwatch.report import format_finding, to_json, write_json_atomic
 
@@ -145,7 +144,7 @@ class DiagnosisCallback(TrainerCallback):
         self._tensorboard_dir = _tensorboard_dir(args)
         self._resume(state, _facts(args, model, state))
         self._unlocalized = []
-        self._probe = self.probe if self.probe is not None and not _sharded(args) else None
+        self._probe = self.probe if self.probe is not None and not sharded(args) else None
         if self._probe is not None:
             self._probe.reset()
             self._probe.max_grad_norm = float(args.max_grad_norm or 0.0)
@@ -326,7 +325,7 @@ class DiagnosisCallback(TrainerCallback):
             return
         cut = probe.cut()
         if cut is not None and FLAT in self.kinds and all(f.kind != FLAT for f in self.engine.findings):
-            finding = _cut_finding(cut, model, self.engine.history.facts.hyperparameters, probe.max_names)
+            finding = cut_finding(cut, model, self.engine.history.facts.hyperparameters, probe.max_names)
             self.engine.add_findings([finding])
             self._act(finding, state, control)
         if self._unlocalized and probe.localization() is not None:
@@ -345,23 +344,7 @@ class DiagnosisCallback(TrainerCallback):
             self._unlocalized.append(finding)
         if not extra:
             return finding
-        notes = []
-        total = extra.get("trainable_tensors")
-        if extra.get("tensors_with_non_finite_gradient"):
-            bad, first = extra["tensors_with_non_finite_gradient"], extra.get("first_non_finite_gradient")
-            notes.append(f"first non-finite gradient in {short_names([first], 1)[0]} ({bad} of {total} trainable tensors)"
-                         if first else f"every one of the {total} trainable tensors has a non-finite gradient")
-        elif finding.cause == "zero_gradients" and extra.get("tensors_without_gradient"):
-            none, first = extra["tensors_without_gradient"], extra.get("first_without_gradient")
-            notes.append(f"{none} of {total} trainable tensors receive no gradient, first {short_names([first], 1)[0]}")
-        if "gradient_probe_step" in extra and notes:
-            notes[-1] += f" (gradient probe at step {extra['gradient_probe_step']})"
-        if extra.get("tensors_with_non_finite_weights"):
-            notes.append(f"first non-finite weight in {short_names([extra['first_non_finite_weight']], 1)[0]} "
-                         f"({extra['tensors_with_non_finite_weights']} of {total} trainable tensors)")
-        summary = finding.summary + ("; " + "; ".join(notes) if notes else "")
-        evidence_now = {**finding.evidence, **{k: v for k, v in extra.items() if k not in finding.evidence}}
-        enriched = dataclasses.replace(finding, summary=summary, evidence=evidence_now)
+        enriched = localized(finding, extra)
         for i, known in enumerate(self.engine.findings):
             if known is finding:
                 self.engine.findings[i] = enriched
@@ -460,53 +443,6 @@ def _tensorboard_dir(args: TrainingArguments) -> str | None:
     runs = Path(args.output_dir) / "runs"
     recent = [d for d in runs.glob("*") if d.is_dir() and d.stat().st_mtime >= time.time() - 3600]
     return str(max(recent, key=lambda d: d.stat().st_mtime)) if recent else None
-
-
-# -- the gradient probe's own finding ------------------------------------------------------------------------------
-def _sharded(args: TrainingArguments) -> bool:
-    """DeepSpeed or FSDP: each rank holds a shard of the gradients (or none in ``.grad``): the probe stays off."""
-    env = os.environ
-    return bool(
-        getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
-        or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
-        or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
-    )
-
-
-def _cut_finding(cut: Cut, model: Any, params: Any, limit: int) -> Finding:
-    """"flat"/``frozen_layers``: trainable tensors that stopped receiving gradients while others still learn."""
-    after = f" after the evaluation at step {cut.evaluation_step}" if cut.evaluation_step is not None else ""
-    names = ", ".join(short_names(cut.cut, 3))
-    if cut.collapsed:
-        what = (f"stopped learning{after}: each gradient is 0 or fell more than {cut.collapse_factor:g}× at once "
-                f"(step {cut.first_step} and on)")
-    else:
-        what = f"stopped receiving gradients{after} (step {cut.first_step} and on)"
-    summary = f"{len(cut.cut)} of {cut.trainable} trainable tensors {what}: {names}; {len(cut.still_learning)} still learn"
-    if cut.referenced < cut.trainable:
-        summary += f", {cut.trainable - cut.referenced} had no gradient yet to compare with"
-    packed = packed_4bit_layers(model) if model is not None and getattr(model, "training", True) else []
-    if packed:
-        summary += (f"; bitsandbytes repacked {len(packed)} 4-bit layers for its inference-only CPU kernel, which has "
-                    "no backward (AVX512-BF16 CPU)")
-    evidence = {
-        "decided_by": "gradient probe",
-        "evaluation_step": cut.evaluation_step,
-        "first_seen_step": cut.first_step,
-        "trainable_tensors": cut.trainable,
-        "tensors_with_gradient_before": cut.referenced,
-        "tensors_cut_off": len(cut.cut),
-        "tensors_without_gradient": len(cut.without),
-        "tensors_collapsed": len(cut.collapsed),
-        "collapse_factor": cut.collapse_factor,
-        "cut_off": short_names(cut.cut, limit),
-        "still_learning": short_names(cut.still_learning, limit),
-        "packed_4bit_layers": len(packed),
-    }
-    finding = Finding(FLAT, "frozen_layers", cut.step, summary, evidence, fixes_for("frozen_layers", params))
-    if cut.without or packed:
-        return finding  # exactly no gradient, or the 4-bit CPU kernel seen: certain
-    return dataclasses.replace(finding, confidence="medium")  # a collapse of unknown cause
 
 
 # -- what the pre-flight reads from the run -------------------------------------------------------------------------

@@ -26,12 +26,17 @@ with any non-finite gradient is used to localise the fault, never to judge which
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import sys
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from trainwatch.findings import FLAT, Finding
+from trainwatch.fixes import fixes_for
 
 BASELINE = "baseline"
 BEFORE_EVALUATION = "before evaluation"
@@ -356,3 +361,71 @@ def packed_4bit_layers(model: Any) -> list[str]:
         if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
             found.append(name)
     return found
+
+
+# -- findings -------------------------------------------------------------------------------------------------------
+def sharded(args: Any) -> bool:
+    """DeepSpeed or FSDP: each rank holds a shard of the gradients (or none in ``.grad``): the probe stays off."""
+    env = os.environ
+    return bool(
+        getattr(args, "deepspeed", None) or getattr(args, "fsdp", None)
+        or env.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true")
+        or env.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+    )
+
+
+def cut_finding(cut: Cut, model: Any, params: Any, limit: int) -> Finding:
+    """"flat"/``frozen_layers``: trainable tensors that stopped receiving gradients while others still learn."""
+    after = f" after the evaluation at step {cut.evaluation_step}" if cut.evaluation_step is not None else ""
+    names = ", ".join(short_names(cut.cut, 3))
+    if cut.collapsed:
+        what = (f"stopped learning{after}: each gradient is 0 or fell more than {cut.collapse_factor:g}× at once "
+                f"(step {cut.first_step} and on)")
+    else:
+        what = f"stopped receiving gradients{after} (step {cut.first_step} and on)"
+    summary = f"{len(cut.cut)} of {cut.trainable} trainable tensors {what}: {names}; {len(cut.still_learning)} still learn"
+    if cut.referenced < cut.trainable:
+        summary += f", {cut.trainable - cut.referenced} had no gradient yet to compare with"
+    packed = packed_4bit_layers(model) if model is not None and getattr(model, "training", True) else []
+    if packed:
+        summary += (f"; bitsandbytes repacked {len(packed)} 4-bit layers for its inference-only CPU kernel, which has "
+                    "no backward (AVX512-BF16 CPU)")
+    evidence = {
+        "decided_by": "gradient probe",
+        "evaluation_step": cut.evaluation_step,
+        "first_seen_step": cut.first_step,
+        "trainable_tensors": cut.trainable,
+        "tensors_with_gradient_before": cut.referenced,
+        "tensors_cut_off": len(cut.cut),
+        "tensors_without_gradient": len(cut.without),
+        "tensors_collapsed": len(cut.collapsed),
+        "collapse_factor": cut.collapse_factor,
+        "cut_off": short_names(cut.cut, limit),
+        "still_learning": short_names(cut.still_learning, limit),
+        "packed_4bit_layers": len(packed),
+    }
+    finding = Finding(FLAT, "frozen_layers", cut.step, summary, evidence, fixes_for("frozen_layers", params))
+    if cut.without or packed:
+        return finding  # exactly no gradient, or the 4-bit CPU kernel seen: certain
+    return dataclasses.replace(finding, confidence="medium")  # a collapse of unknown cause
+
+
+def localized(finding: Finding, extra: dict[str, Any]) -> Finding:
+    """``finding`` with the probe's evidence (``extra``) on the first tensor concerned, told in its summary too."""
+    notes = []
+    total = extra.get("trainable_tensors")
+    if extra.get("tensors_with_non_finite_gradient"):
+        bad, first = extra["tensors_with_non_finite_gradient"], extra.get("first_non_finite_gradient")
+        notes.append(f"first non-finite gradient in {short_names([first], 1)[0]} ({bad} of {total} trainable tensors)"
+                     if first else f"every one of the {total} trainable tensors has a non-finite gradient")
+    elif finding.cause == "zero_gradients" and extra.get("tensors_without_gradient"):
+        none, first = extra["tensors_without_gradient"], extra.get("first_without_gradient")
+        notes.append(f"{none} of {total} trainable tensors receive no gradient, first {short_names([first], 1)[0]}")
+    if "gradient_probe_step" in extra and notes:
+        notes[-1] += f" (gradient probe at step {extra['gradient_probe_step']})"
+    if extra.get("tensors_with_non_finite_weights"):
+        notes.append(f"first non-finite weight in {short_names([extra['first_non_finite_weight']], 1)[0]} "
+                     f"({extra['tensors_with_non_finite_weights']} of {total} trainable tensors)")
+    summary = finding.summary + ("; " + "; ".join(notes) if notes else "")
+    evidence = {**finding.evidence, **{k: v for k, v in extra.items() if k not in finding.evidence}}
+    return dataclasses.replace(finding, summary=summary, evidence=evidence)

@@ -97,7 +97,7 @@ class FlatRule:
     kind: ClassVar[str] = FLAT
 
     def observe(self, history: History) -> Finding | None:
-        loss, lr = history.series[LOSS], history.series[LEARNING_RATE]
+        loss = history.series[LOSS]
         if loss.count == 0:
             return None
         if history.never_a_loss:
