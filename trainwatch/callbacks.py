@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from trainwatch import preflight as checklist
+from trainwatch import run_inspection
 from trainwatch.checkpoints import Choice, checkpoint_for
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import EXPLODING, FLAT, KINDS, OVERFITTING, Finding
@@ -154,10 +154,10 @@ class DiagnosisCallback(TrainerCallback):
     def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """GPU memory after step 1. Not ``@_contained``: every rank joins the reduction, one whose monitoring is off
         included, or the others would wait for it forever."""
-        if not (self.preflight and state.global_step == self._begin_step + 1 and _on_cuda(args)):
+        if not (self.preflight and state.global_step == self._begin_step + 1 and run_inspection.on_cuda(args)):
             return
         try:
-            check = checklist.check_memory(*_gpu_memory(args))
+            check = checklist.check_memory(*run_inspection.gpu_memory(args))
             if not self.disabled:
                 self._add_checks(state, [check])
         except Exception as error:  # noqa: BLE001 - as _contained
@@ -277,21 +277,23 @@ class DiagnosisCallback(TrainerCallback):
     # -- pre-flight ---------------------------------------------------------------------------------------------------
     def _preflight_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any, hooks: dict[str, Any]) -> None:
         """The checklist items known before the first step; stops at once on a train set without a single target."""
-        total, per_epoch = state.max_steps, _steps_per_epoch(state, args, hooks.get("train_dataloader"))
+        total, per_epoch = state.max_steps, run_inspection.steps_per_epoch(state, args, hooks.get("train_dataloader"))
         self._run_facts = {"effective_batch_size": checklist.effective_batch_size(args), "expected_total_steps": total}
         max_length = self.max_seq_length or getattr(args, "max_length", None) or getattr(args, "max_seq_length", None)
-        with_targets, count, data_checks = _inspect_data(args, model, hooks, max_length)
+        with_targets, count, data_checks = run_inspection.inspect_data(args, model, hooks, max_length)
         checks = [
             *data_checks,
-            checklist.check_precision(args, cuda=_on_cuda(args), bf16_supported=_bf16_supported(args)),
-            checklist.check_gradient_checkpointing(args, _parameter_count(model)),
+            checklist.check_precision(
+                args, cuda=run_inspection.on_cuda(args), bf16_supported=run_inspection.bf16_supported(args)
+            ),
+            checklist.check_gradient_checkpointing(args, run_inspection.parameter_count(model)),
             checklist.check_warmup(args.get_warmup_steps(total), total),
-            checklist.check_grad_clipping(args, quantized=_quantized(model)),
+            checklist.check_grad_clipping(args, quantized=run_inspection.quantized(model)),
             checklist.check_learning_rate(args, lora=bool(getattr(model, "peft_config", None))),
             checklist.check_evaluation(args, per_epoch),
             checklist.check_save_limit(args),
         ]
-        if not _on_cuda(args):  # known now; on a GPU it is measured after step 1
+        if not run_inspection.on_cuda(args):  # known now; on a GPU it is measured after step 1
             checks.append(checklist.check_memory(None, None))
         self._add_checks(state, checks, header=f"effective batch size {self._run_facts['effective_batch_size']}, "
                                                 f"expected total steps {total}")
@@ -443,125 +445,3 @@ def _tensorboard_dir(args: TrainingArguments) -> str | None:
     runs = Path(args.output_dir) / "runs"
     recent = [d for d in runs.glob("*") if d.is_dir() and d.stat().st_mtime >= time.time() - 3600]
     return str(max(recent, key=lambda d: d.stat().st_mtime)) if recent else None
-
-
-# -- what the pre-flight reads from the run -------------------------------------------------------------------------
-def _inspect_data(
-    args: TrainingArguments, model: Any, hooks: dict[str, Any], max_length: int | None
-) -> tuple[int, checklist.TargetCount | None, list[checklist.Check]]:
-    """Count target tokens by collating the train set's own examples, with every random state left as it was.
-
-    Returns the examples with targets on the process that saw most (-1: none could inspect), this process's
-    count, and the checklist items.
-    """
-    import random
-
-    import torch
-
-    loader = hooks.get("train_dataloader")
-    count, problem = None, ""
-    python_state, numpy_state = random.getstate(), _numpy_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            count = checklist.count_targets(
-                getattr(loader, "dataset", None), getattr(loader, "collate_fn", None),
-                max_length=max_length, eos_token_id=_eos_token_id(model, hooks.get("processing_class")),
-            )
-    except Exception as error:  # noqa: BLE001 - a dataset we cannot read is reported, not fatal
-        problem = f"{type(error).__name__}: {error}"
-    finally:
-        random.setstate(python_state)
-        if numpy_state is not None:
-            import numpy
-
-            numpy.random.set_state(numpy_state)
-    # Every rank takes part in the reduction, whatever it could read, so none waits for another and all decide alike.
-    with_targets = _reduce_max(count.with_targets if count else -1, args)
-    if count is not None and (count.with_targets > 0 or with_targets == 0):
-        return with_targets, count, [*checklist.check_targets(count), checklist.check_truncation(count, max_length)]
-    if with_targets < 0:
-        return with_targets, None, [checklist.Check(
-            "target tokens", checklist.SKIP, f"the train set cannot be inspected here ({problem})",
-            "run `trainwatch check` on the data, or count examples with labels != -100 yourself",
-        )]
-    if count is not None:  # this share has none, another process's has
-        return with_targets, count, [checklist.Check(
-            "target tokens", checklist.WARN,
-            f"none of this process's {count.inspected} inspected examples has a target token; another process's share has",
-            "check the label masking of this process's share: its compute teaches nothing",
-        )]
-    elsewhere = "has no target token either" if with_targets == 0 else "has targets"
-    return with_targets, None, [checklist.Check(
-        "target tokens", checklist.FAIL if with_targets == 0 else checklist.PASS,
-        f"this process cannot inspect its share ({problem}); another process's share {elsewhere}",
-        "check the label masking of every process's data" if with_targets == 0 else "",
-    )]
-
-
-def _numpy_state() -> Any:
-    try:
-        import numpy
-    except ImportError:
-        return None
-    return numpy.random.get_state()
-
-
-def _reduce_max(value: int, args: TrainingArguments) -> int:
-    """The largest ``value`` over all processes (itself outside a distributed run)."""
-    import torch
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return value
-    tensor = torch.tensor([value], dtype=torch.int64, device=args.device if dist.get_backend() == "nccl" else "cpu")
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return int(tensor.item())
-
-
-def _eos_token_id(model: Any, tokenizer: Any) -> int | None:
-    eos = getattr(tokenizer, "eos_token_id", None)
-    if eos is None:
-        eos = getattr(getattr(model, "config", None), "eos_token_id", None)
-    return eos if isinstance(eos, int) else None
-
-
-def _gpu_memory(args: TrainingArguments) -> tuple[int | None, int | None]:
-    """Memory reserved on this process's GPU (the largest over all processes) and the card's size."""
-    import torch
-
-    if not _on_cuda(args):
-        return None, None
-    used = _reduce_max(torch.cuda.max_memory_reserved(args.device), args)
-    return used, torch.cuda.get_device_properties(args.device).total_memory
-
-
-def _on_cuda(args: TrainingArguments) -> bool:
-    return getattr(args.device, "type", None) == "cuda"
-
-
-def _bf16_supported(args: TrainingArguments) -> bool:
-    import torch
-
-    return _on_cuda(args) and torch.cuda.is_bf16_supported()
-
-
-def _parameter_count(model: Any) -> int | None:
-    parameters = getattr(model, "parameters", None)
-    return sum(p.numel() for p in parameters()) if callable(parameters) else None
-
-
-def _quantized(model: Any) -> bool:
-    """A 4-/8-bit base (QLoRA), as transformers marks it."""
-    return bool(
-        getattr(model, "is_loaded_in_4bit", False)
-        or getattr(model, "is_loaded_in_8bit", False)
-        or getattr(getattr(model, "config", None), "quantization_config", None)
-    )
-
-
-def _steps_per_epoch(state: TrainerState, args: TrainingArguments, loader: Any = None) -> int:
-    """Optimizer steps in one pass over the train set (from the dataloader when it has a length)."""
-    try:
-        return max(1, len(loader) // args.gradient_accumulation_steps)
-    except TypeError:
-        return max(1, math.ceil(state.max_steps / max(state.num_train_epochs, 1)))
