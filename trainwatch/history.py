@@ -25,10 +25,10 @@ def is_finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
-TOKEN_CE, PREFERENCE, REINFORCEMENT = "token_cross_entropy", "preference", "reinforcement"
-"""What a run's loss is (``Facts.objective``): a per-token cross-entropy (Trainer, SFT), a pairwise preference loss
-(DPO and its kin, reward models: ``-log σ(margin)``, ln 2 at the start) or an RL objective (GRPO, RLOO, PPO: a
-surrogate around 0 that says nothing of progress on its own)."""
+PREFERENCE, REINFORCEMENT = "preference", "reinforcement"
+"""What a run's loss is when it is not a per-token cross-entropy (``Facts.objective`` None: Trainer, SFT): a pairwise
+preference loss (DPO and its kin, reward models: ``-log σ(margin)``, ln 2 at the start) or an RL objective (GRPO,
+RLOO, PPO: a surrogate around 0 that says nothing of progress on its own)."""
 OBJECTIVE_KEYS = {
     "rewards/margins": PREFERENCE,
     "rewards/accuracies": PREFERENCE,
@@ -65,8 +65,8 @@ class Facts:
     """The optimizer steps the run plans to take: "very slowly declining" is judged against how far the loss would
     get by then at its measured rate."""
     objective: str | None = None
-    """:data:`TOKEN_CE`, :data:`PREFERENCE` or :data:`REINFORCEMENT`; from the arguments when not given, else from
-    the first log entry whose keys tell (:data:`OBJECTIVE_KEYS`); judged as a token cross-entropy until then."""
+    """None (a per-token cross-entropy), :data:`PREFERENCE` or :data:`REINFORCEMENT`; from the arguments when not
+    given, else from the first log entry whose keys tell (:data:`OBJECTIVE_KEYS`)."""
 
     def __post_init__(self) -> None:
         if self.objective is None:
