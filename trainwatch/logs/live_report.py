@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainwatch.findings import KINDS, Finding
+from trainwatch.findings import HIGH, KINDS, MEDIUM, Finding
 
 REPORT_DIR = "trainwatch"
 REPORT_FILE = "diagnosis.json"
@@ -95,4 +95,5 @@ def _finding(data: Any) -> Finding:
     evidence, fixes = data.get("evidence") or {}, data.get("fixes") or []
     if not isinstance(evidence, dict) or not isinstance(fixes, list):
         raise TypeError("evidence must be an object and fixes a list")
-    return Finding(kind, cause, step, str(data.get("summary", "")), dict(evidence), [str(f) for f in fixes])
+    confidence = data.get("confidence") if data.get("confidence") in (HIGH, MEDIUM) else HIGH
+    return Finding(kind, cause, step, str(data.get("summary", "")), dict(evidence), [str(f) for f in fixes], confidence)
