@@ -189,6 +189,7 @@ def test_healthy_run_checklist_in_report(tmp_path: Path, caplog) -> None:
         "mixed precision": "skip", "gradient checkpointing": "pass", "warmup": "pass", "gradient clipping": "pass",
         "learning rate": "warn",  # 3e-3 trains the tiny model from scratch; for full fine-tuning it is far too high
         "evaluation": "warn", "save_total_limit": "pass", "GPU memory at step 1": "skip", "loss down by step 10": "pass",
+        "first loss vs a uniform guess": "pass",
     }
     assert "[pass] loss down by step 10" in caplog.text
 
@@ -300,3 +301,30 @@ def test_early_loss_reads_a_zero_by_what_is_logged_beside_it() -> None:
     assert pf.check_early_loss(4.0, 1, 0.0, 10).status == pf.PASS  # no grad norm known: taken as logged
     # Never a positive loss is the all-masked signature (flat), not a hidden NaN: "not lower", as before.
     assert pf.check_early_loss(0.0, 1, 0.0, 10, last=0.0, grad_norm=nan).status == pf.WARN
+
+
+def test_first_loss_far_above_a_uniform_guess_before_any_update_is_named() -> None:
+    ln64 = 4.1589
+    assert pf.check_first_loss(4.2, 1, ln64).status == pf.PASS
+    scaled = pf.check_first_loss(4 * 4.2, 1, ln64, accumulation=4)
+    assert scaled.status == pf.WARN and "gradient_accumulation_steps = 4" in scaled.detail
+    summed = pf.check_first_loss(23 * 4.2, 1, ln64)
+    assert summed.status == pf.WARN and "summed" in summed.detail
+    assert pf.check_first_loss(45.9, 5, ln64).status == pf.FAIL  # after updates: an explosion, the rules decide it
+    assert pf.check_first_loss(45.9, 1, None).status == pf.SKIP
+
+
+def test_a_loss_scaled_by_the_accumulation_factor_is_named_in_a_real_run(tmp_path: Path) -> None:
+    """The classic accumulation bug: a custom loss that returns a per-batch mean, ignoring num_items_in_batch, while
+    Trainer sums the micro-batches' losses for it to divide: the logged loss is 4 × the true one, 4 × ln V before
+    any update. It learns, so no rule calls it a failure; the checklist names the scaling."""
+    from trainwatch.testing import token_mean_loss
+
+    diagnoser = Diagnoser()
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], max_steps=12, report_to=[],
+                           gradient_accumulation_steps=4, per_device_train_batch_size=2)
+    trainer.compute_loss_func = token_mean_loss  # a per-batch mean: what a hand-written loss usually returns
+    trainer.train()
+    [first] = [c for c in diagnoser.checks if c.name == "first loss vs a uniform guess"]
+    assert first.status == pf.WARN and "gradient_accumulation_steps = 4" in first.detail
+    assert diagnoser.verdict == "healthy"

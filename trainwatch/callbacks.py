@@ -380,7 +380,12 @@ class DiagnosisCallback(TrainerCallback):
         check = checklist.check_early_loss(
             loss.first, loss.first_step, level, state.global_step, last=loss.last, grad_norm=beside
         )
-        self._add_checks(state, [check])
+        facts = self.engine.history.facts
+        first = checklist.check_first_loss(
+            loss.first, loss.first_step, facts.reference_loss if facts.objective is None else None,
+            accumulation=facts.hyperparameters.get("gradient_accumulation_steps") or 1,
+        )
+        self._add_checks(state, [check, first])
 
     def _add_checks(self, state: TrainerState, checks: list[checklist.Check], header: str = "") -> None:
         self.checks.extend(checks)

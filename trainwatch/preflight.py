@@ -323,6 +323,36 @@ def check_early_loss(
                  "check the learning rate (and warmup) and the labels before the run goes on")
 
 
+def check_first_loss(
+    start: float, start_step: int, reference: float | None, *, accumulation: int = 1, factor: float = 2.0
+) -> Check:
+    """A per-token cross-entropy starts at or below a uniform guess ln(vocab), and never at ``factor`` × that before an
+    update: a first loss that high, logged at step 1, is a loss summed over tokens, or one multiplied by the
+    gradient accumulation factor (a custom loss or training loop that does not divide by it). Neither is an
+    explosion, and the run may learn; but thresholds, clipping and the learning rate then act on the wrong scale.
+    Logged after some updates, such a loss is an explosion, which the exploding rule decides."""
+    name = "first loss vs a uniform guess"
+    if reference is None or not math.isfinite(start):
+        return Check(name, SKIP, "the vocabulary size is unknown" if reference is None else f"the first loss is {start}")
+    ratio = start / reference
+    seen = f"{start:.4g} at step {start_step}, {ratio:.2g} × ln(vocab) = {reference:.4g}"
+    if ratio < factor:
+        return Check(name, PASS, seen)
+    if start_step > 1:
+        return Check(name, FAIL, f"{seen}, after {start_step - 1} update(s)", "see the exploding diagnosis")
+    if accumulation > 1 and abs(ratio / accumulation - 1) <= 0.25:
+        return Check(
+            name, WARN, f"{seen}: about gradient_accumulation_steps = {accumulation} × a uniform guess, before any "
+            "update: the loss is multiplied by the accumulation factor",
+            "divide the loss by gradient_accumulation_steps in your compute_loss (or pass num_items_in_batch), "
+            "as Trainer's own loss does",
+        )
+    return Check(
+        name, WARN, f"{seen}, before any update: no per-token mean starts there; the loss is summed over tokens",
+        "average the loss over the target tokens (reduction='mean', or divide by the number of labels != -100)",
+    )
+
+
 def effective_batch_size(args: Any) -> int:
     """Examples per optimizer step over all processes."""
     return int(args.per_device_train_batch_size) * int(args.gradient_accumulation_steps) * max(1, int(getattr(args, "world_size", 1)))
