@@ -1,4 +1,5 @@
-"""A real two-process Trainer job (torchrun, gloo on CPU): every rank stops on the same step, only rank 0 speaks."""
+"""A real two-process Trainer job (torchrun, and `accelerate launch`; gloo on CPU): every rank stops on the same step,
+only rank 0 speaks."""
 
 from __future__ import annotations
 
@@ -25,13 +26,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("ddp")
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), str(WORKER), str(out), *SCENARIOS,
-    ]
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port"],
+    # accelerate starts several CPU processes through torchrun when told --multi_gpu; Trainer picks gloo on a CPU
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+                   "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"],
+}
+
+
+@pytest.fixture(scope="module", params=list(LAUNCHERS))
+def job(request, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp(request.param)
+    command = [sys.executable, *LAUNCHERS[request.param], str(_free_port()), str(WORKER), str(out), *SCENARIOS]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parents[1])}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                start_new_session=True)
