@@ -109,7 +109,11 @@ class RunReport:
             "entries": self.entries,
             "last_step": self.history.step,
             "signals": series,
-            "facts": {"vocab_size": self.history.facts.vocab_size},
+            "facts": {  # what the rules judged against besides the series
+                "vocab_size": self.history.facts.vocab_size,
+                "max_steps": self.history.facts.max_steps,
+                "objective": self.history.facts.objective,
+            },
             **({"error": self.error} if self.error else {}),
         }
 

@@ -176,15 +176,19 @@ class FlatRule:
             return None  # it fell from its first log faster than a line follows (or in the warmup), then levelled off
         lr = history.series[LEARNING_RATE]
         on = "train loss" if train_flat else "eval loss"
-        planned = f" (on course for {train.projected_fall:.1%} by step {plan_end})" if history.facts.max_steps else ""
+        by_end = f", on course for {{:.1%}} by step {plan_end}" if history.facts.max_steps else ""
+        moved = f"the train loss moved {-train.fall:+.1%} in {history.step - start + 1} steps since step {start}"
+        moved += by_end.format(-train.projected_fall)
+        if held_out is not None:
+            evals_moved = f"the eval loss moved {-held_out.fall:+.1%} over {evals.n} evaluations"
+            evals_moved += by_end.format(-held_out.projected_fall)
+            moved = f"{evals_moved}; {moved}" if on == "eval loss" else f"{moved}; {evals_moved}"
         return Finding(
             self.kind,
             "lr_too_low",
             history.step,
-            f"the {on} barely moves: the train loss fell {train.fall:.1%} of its level {trend.mean:.4g} over "
-            f"{history.step - start + 1} steps since step {start}{planned}"
-            + (f", the eval loss {held_out.fall:.1%}" if held_out is not None else "")
-            + (f", at learning rate {lr.last:g}" if lr.last is not None else ""),
+            f"the {on} barely moves: {moved}"
+            + (f"; learning rate {lr.last:g}" if lr.last is not None else ""),
             {
                 **_evidence(history),
                 "decided_on": on,
