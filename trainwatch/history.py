@@ -25,6 +25,12 @@ def is_finite(value: float | None) -> bool:
     return value is not None and math.isfinite(value)
 
 
+def hidden_nan(loss: float | None, grad_norm: float | None) -> bool:
+    """A loss of exactly 0.0 logged beside a non-finite grad norm: NaN steps hidden by Trainer's
+    ``logging_nan_inf_filter``, which logs a window of them as 0.0."""
+    return loss == 0.0 and grad_norm is not None and not math.isfinite(grad_norm)
+
+
 PREFERENCE, REINFORCEMENT = "preference", "reinforcement"
 """What a run's loss is when it is not a per-token cross-entropy (``Facts.objective`` None: Trainer, SFT): a pairwise
 preference loss (DPO and its kin, reward models: ``-log σ(margin)``, ln 2 at the start) or an RL objective (GRPO,

@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from trainwatch.history import hidden_nan
+
 PASS, WARN, FAIL, SKIP = "pass", "warn", "fail", "skip"
 IGNORE_INDEX = -100
 EARLY_LOSS = "loss down by step 10"
@@ -290,12 +292,6 @@ def check_memory(used_bytes: int | None, total_bytes: int | None, *, limit: floa
     return Check("GPU memory at step 1", WARN, f"{detail}, above {limit:.0%}",
                  "halve per_device_train_batch_size and double gradient_accumulation_steps, or turn on "
                  "gradient_checkpointing: the longest batch has not come yet")
-
-
-def hidden_nan(loss: float | None, grad_norm: float | None) -> bool:
-    """A loss of exactly 0.0 logged beside a non-finite grad norm: NaN steps hidden by Trainer's
-    ``logging_nan_inf_filter``, which logs a window of them as 0.0 (the exploding rule reads it the same way)."""
-    return loss == 0.0 and grad_norm is not None and not math.isfinite(grad_norm)
 
 
 def check_early_loss(

@@ -14,6 +14,7 @@ from trainwatch.history import (
     LOSS,
     REINFORCEMENT,
     History,
+    hidden_nan,
     is_finite,
     noise_scale,
 )
@@ -142,10 +143,10 @@ class ExplodingRule:
         previously finite eval loss."""
         loss, grad_norm, eval_loss = history.series[LOSS], history.series[GRAD_NORM], history.series[EVAL_LOSS]
         grad_bad = grad_norm.last_step == history.step and not is_finite(grad_norm.last)
-        hidden_nan = loss.last == 0.0 and grad_norm.last_step == loss.last_step and not is_finite(grad_norm.last)
+        filtered = grad_norm.last_step == loss.last_step and hidden_nan(loss.last, grad_norm.last)
         eval_bad = EVAL_LOSS in history.latest and not is_finite(eval_loss.last)
-        if hidden_nan or not is_finite(loss.last):
-            how = "logged as 0.0 by logging_nan_inf_filter, with a non-finite grad norm" if hidden_nan else f"{loss.last}"
+        if filtered or not is_finite(loss.last):
+            how = "logged as 0.0 by logging_nan_inf_filter, with a non-finite grad norm" if filtered else f"{loss.last}"
             what = f"the train loss became non-finite ({how})"
         elif grad_bad and history.facts.loss_scaler is False:
             what = f"the grad norm became {grad_norm.last} with fp16 loss scaling off: the optimizer applied it"

@@ -122,7 +122,8 @@ class OverfittingRule:
         stands_out = over is not None and over >= self.rise_over_noise
         train_fell = 1 - last.train_level / at_best
         streak_start = evals[-1 - streak] if streak < len(evals) else None
-        if streak_start is not None and self._train_fell(history, streak_start.train_level, last.train_level):
+        train_noise = noise_scale(history.loss_window)
+        if streak_start is not None and self._train_fell(streak_start.train_level, last.train_level, train_noise):
             if streak >= self.rising_evals and stands_out:
                 return f"rose at each of the last {streak} evaluations"
             from_best = streak_start.step == history.best_eval_step
@@ -133,7 +134,7 @@ class OverfittingRule:
         ):
             return "jumped"
         since = [e.loss for e in evals if e.step > history.best_eval_step]  # type: ignore[operator]
-        if len(since) >= self.rising_evals and noise and self._train_fell(history, at_best, last.train_level):
+        if len(since) >= self.rising_evals and noise and self._train_fell(at_best, last.train_level, train_noise):
             # the mean of k evaluations against one (the best): its noise is √(1 + 1/k) × that of one
             held = (sum(since) / len(since) - best) / (noise * math.sqrt(1 + 1 / len(since)))
             not_returning = since[-1] >= since[0]  # an eval loss on its way back to its best is a bump
@@ -141,9 +142,8 @@ class OverfittingRule:
                 return f"stayed above its best at each of the {len(since)} evaluations since"
         return None
 
-    def _train_fell(self, history: History, before: float | None, now: float) -> bool:
-        """The smoothed train loss fell from ``before`` to ``now`` by more than ``significance`` × its noise."""
+    def _train_fell(self, before: float | None, now: float, noise: float | None) -> bool:
+        """The smoothed train loss fell from ``before`` to ``now`` by more than ``significance`` × its ``noise``."""
         if before is None or now >= before:
             return False
-        noise = noise_scale(history.loss_window)
         return noise is None or before - now > self.significance * noise
