@@ -337,7 +337,7 @@ class DiagnosisCallback(TrainerCallback):
 
     def _localize(self, finding: Finding, model: Any) -> Finding:
         """``finding`` with the probe's evidence on the first tensor concerned; remembered until the probe has it."""
-        probe = self.probe
+        probe = self._probe
         evidence = probe.localization() if probe is not None else None
         extra: dict[str, Any] = dict(evidence or {})
         if finding.cause == "non_finite" and model is not None and probe is not None:
