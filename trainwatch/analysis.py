@@ -142,7 +142,7 @@ def analyze(
     path = Path(path)
     if not path.exists():
         raise LogReadError(f"{path}: no such file or directory")
-    reports = [_judge(source, smoothing, thresholds, vocab_size) for source in _sources(path)]
+    reports = [judge_run(source, smoothing, thresholds, vocab_size) for source in find_runs(path)]
     if not reports:
         raise LogReadError(f"{path}: no TensorBoard event files or trainer_state.json found")
     if all(r.error for r in reports):
@@ -152,7 +152,9 @@ def analyze(
 
 # -- finding the runs -------------------------------------------------------------------------------------------------
 @dataclass
-class _Source:
+class RunSource:
+    """One run found on disk, before reading it: what :func:`judge_run` needs (picklable, for parallel workers)."""
+
     format: str
     paths: list[Path]
     """tensorboard: the event files in order (several run directories for a resumed run); else one json."""
@@ -162,13 +164,14 @@ class _Source:
     notes: list[str] = field(default_factory=list)
 
 
-def _sources(path: Path) -> list[_Source]:
+def find_runs(path: Path) -> list[RunSource]:
+    """Every run under ``path``, in a stable order; reads no more than needed to tell runs apart."""
     if path.is_file():
         if path.suffix == ".json":
-            return [_Source("trainer_state", [path], str(path))]
+            return [RunSource("trainer_state", [path], str(path))]
         if not is_event_file(path) and _looks_like_json(path):
-            return [_Source("trainer_state", [path], str(path))]
-        return [_Source("tensorboard", [path], str(path), facts_dir=_output_dir_of(path.parent))]
+            return [RunSource("trainer_state", [path], str(path))]
+        return [RunSource("tensorboard", [path], str(path), facts_dir=_output_dir_of(path.parent))]
     run_dirs: list[Path] = []
     state_dirs: list[Path] = []
     for folder, subfolders, files in os.walk(path):
@@ -190,20 +193,20 @@ def _sources(path: Path) -> list[_Source]:
                 source.facts_dir = source.facts_dir or output_dir
                 source.notes.append(f"{state} exists too; analyse it alone with: trainwatch analyze {state}")
         else:
-            sources.append(_Source("trainer_state", [state], str(state)))
+            sources.append(RunSource("trainer_state", [state], str(state)))
     return sources
 
 
-def _tensorboard_sources(run_dirs: list[Path]) -> list[_Source]:
+def _tensorboard_sources(run_dirs: list[Path]) -> list[RunSource]:
     """One source per run directory, except that HF Trainer's sibling ``runs/<date>_<host>`` directories that
     continue each other (a resume writes to a new one) are one run."""
-    sources: list[_Source] = []
+    sources: list[RunSource] = []
     by_parent: dict[Path, list[Path]] = {}
     for folder in run_dirs:
         by_parent.setdefault(folder.parent, []).append(folder)
     for parent, folders in by_parent.items():
         if parent.name != "runs" or len(folders) == 1:
-            sources.extend(_Source("tensorboard", event_files(f), str(f), facts_dir=_output_dir_of(f)) for f in folders)
+            sources.extend(RunSource("tensorboard", event_files(f), str(f), facts_dir=_output_dir_of(f)) for f in folders)
             continue
         segments = sorted(folders, key=lambda f: min(file_timestamp(p) for p in event_files(f)))
         chain: list[tuple[Path, int | None]] = []
@@ -219,9 +222,9 @@ def _tensorboard_sources(run_dirs: list[Path]) -> list[_Source]:
     return sources
 
 
-def _chained(chain: list[tuple[Path, int | None]]) -> _Source:
+def _chained(chain: list[tuple[Path, int | None]]) -> RunSource:
     folders = [folder for folder, _ in chain]
-    source = _Source(
+    source = RunSource(
         "tensorboard",
         [p for f in folders for p in event_files(f)],
         " + ".join(map(str, folders)),
@@ -273,7 +276,8 @@ def _looks_like_json(path: Path) -> bool:
 
 
 # -- judging one run --------------------------------------------------------------------------------------------------
-def _judge(source: _Source, smoothing: int, thresholds: dict[str, Any], vocab_size: int | None = None) -> RunReport:
+def judge_run(source: RunSource, smoothing: int, thresholds: dict[str, Any], vocab_size: int | None = None) -> RunReport:
+    """Read one run and replay it through a fresh engine; a run that cannot be read gets ``error``, never raises."""
     engine = Engine(build_rules(KINDS, **thresholds), smoothing=smoothing)
     report = RunReport(source=source.label, format=source.format, notes=list(source.notes))
     other_tags: dict[str, int] = {}
@@ -316,7 +320,7 @@ def _with_vocab_size(facts: Facts, vocab_size: int | None) -> Facts:
     return facts if vocab_size is None else dataclasses.replace(facts, vocab_size=vocab_size)
 
 
-def _output_dir(source: _Source) -> Path | None:
+def _output_dir(source: RunSource) -> Path | None:
     """The Trainer output dir the run belongs to (its checkpoints, trainwatch's own report), where known."""
     if source.format == "trainer_state":
         folder = source.paths[0].parent
