@@ -269,6 +269,28 @@ def test_pure_noise_around_a_constant_is_flat() -> None:
     assert run([2.0 * (1 + 0.1 * random.Random(2).uniform(-1, 1)) for _ in range(40)]).verdict == "healthy"  # too short
 
 
+def test_short_very_noisy_run_that_does_not_move_is_flat() -> None:
+    """60 per-step losses swinging ±20 % with no trend: too noisy to prove the line within 5 %, yet its best
+    estimate does not move and the noise rules out a 20 % fall; the same noise around a real 18 % fall learns."""
+    rng = random.Random(9)  # a draw whose line moved 3 % (pure noise's lines over 60 points spread ±5 % or so)
+    noise = [1 + 0.2 * rng.uniform(-1, 1) for _ in range(60)]
+    flat = run([0.85 * n for n in noise], max_steps=60, lrs=[1e-6] * 60)
+    assert decided(flat)[0][:2] == ("flat", "lr_too_low")
+    assert flat.findings[0].evidence["train_fall_noise"] > 0.05  # the interval is wider than the tolerance
+    falling = run([0.85 * (1 - 0.003 * i) * n for i, n in enumerate(noise)], max_steps=60, lrs=[1e-6] * 60)
+    assert falling.verdict == "healthy"
+    assert run([0.85 * n for n in noise], max_steps=60, noise_allowance=1.0).verdict == "healthy"  # strict interval
+
+
+def test_a_line_stuck_above_a_uniform_guess_is_not_a_too_low_learning_rate() -> None:
+    """Worse than knowing nothing and not moving is the exploding rule's (lr_too_high), never flat's lr_too_low."""
+    level = [(i + 1, {"loss": 5.0 + 0.02 * math.sin(i)}) for i in range(80)]  # ln 64 = 4.16
+    flat_only = Engine(build_rules(("flat",)), facts=Facts(vocab_size=64, max_steps=80)).replay(level)
+    assert flat_only.findings == []
+    at_guess = run([math.log(64) + 0.02 * math.sin(i) for i in range(80)], vocab_size=64, max_steps=80)
+    assert decided(at_guess)[0][:2] == ("flat", "lr_too_low")  # from scratch, at the guess: too low a rate
+
+
 def test_flat_eval_is_evidence_of_flat() -> None:
     """Train loss noisy and slowly sliding, eval loss unmoved to three decimals over ten evaluations: flat."""
     rng = random.Random(3)

@@ -36,11 +36,18 @@ class Movement:
         projected = -slope * (max(plan_end, trend.last_x) - trend.x0) / mean
         return cls(-slope * span / mean, projected, error * span / mean, start, scatter)
 
-    def is_flat(self, tolerance: float, significance: float) -> bool:
-        """Within ``tolerance`` of where it began, both ways, even at ``significance`` standard errors, and on
-        course to end within it."""
+    def is_flat(self, tolerance: float, significance: float, allowance: float) -> bool:
+        """At its best estimate within ``tolerance`` of where it began, both ways, and on course to end within it;
+        and even at ``significance`` standard errors within ``allowance`` × ``tolerance``: the noise cannot be hiding
+        a real fall."""
+        bound = allowance * tolerance
         margin = significance * self.noise
-        return self.fall + margin < tolerance and self.fall - margin > -tolerance and abs(self.projected_fall) < tolerance
+        return (
+            abs(self.fall) < tolerance
+            and abs(self.projected_fall) < tolerance
+            and self.fall + margin < bound
+            and self.fall - margin > -bound
+        )
 
     def is_learning(self, tolerance: float, significance: float) -> bool:
         """Fell beyond its noise and is on course to fall more than ``tolerance`` by the end."""
@@ -59,12 +66,22 @@ class FlatRule:
             two points.
         tolerance: the lesson's "barely moves — flat or very slowly declining", against the run's own noise and
             length: the straight line through the train losses since warmup must have fallen less than this
-            fraction of their level even at ``significance`` standard errors (so noise cannot hide a fall), *and*
-            at that rate the loss would end within it by the planned last step (``Facts.max_steps``; the last step
+            fraction of their level (and, at ``significance`` standard errors, less than ``noise_allowance`` times
+            it, so noise cannot hide a real fall), *and* at that rate the loss would end within it by the planned
+            last step (``Facts.max_steps``; the last step
             seen when unknown). A slow but real learner (4 % per 50 steps over a long run) projects far beyond it;
             pure noise around a constant projects to nothing.
         significance: standard errors a fall must stand out from the noise by: on the train losses, to count as
             "fell" at all; on the eval losses, to veto a flat call. About 95 % one-sided confidence at 2.
+        noise_allowance: how much a flat line's noise may leave open, as a multiple of ``tolerance``: at
+            ``significance`` standard errors the line's fall must still be within ``noise_allowance × tolerance``
+            (20 % by default). Demanding the whole interval inside the 5 % tolerance would need ~800 per-step
+            losses swinging ±20 % before any run could be called flat; a line whose best estimate does not move
+            and whose noise rules out a 20 % fall is a run that barely moves, the lesson's reading of such a curve.
+        uniform_margin: a line more than this fraction above a uniform guess (``Facts.reference_loss``: ln V for
+            a language model) is never ``lr_too_low``: a model worse than knowing nothing that stays there has been
+            wrecked by too high a learning rate, which the exploding rule (the same argument, the same meaning)
+            decides. A model trained from scratch sits *at* the guess when its learning rate is too low.
         min_evals: evaluations since warmup, over ``patience_steps``, that make the eval loss evidence on its own:
             an eval loss that is flat by the same test (the least noisy signal a run has) makes the run flat while
             the train loss falls less than twice the tolerance. An eval loss that is clearly learning (three
@@ -90,6 +107,8 @@ class FlatRule:
     min_logs: int = 5
     tolerance: float = 0.05
     significance: float = 2.0
+    noise_allowance: float = 4.0
+    uniform_margin: float = 0.1
     min_evals: int = 5
     confirm_steps: int = 5
     confirm_logs: int = 3
@@ -160,15 +179,20 @@ class FlatRule:
             return None  # (the last: past 64 logs, judged every 1/64th of them: a slow failure, decided <2 % late)
         plan_end = history.facts.max_steps or history.step
         train = Movement.of(trend, plan_end)
-        if train is None:
+        uniform = history.facts.reference_loss
+        if train is None or uniform is not None and trend.mean > (1 + self.uniform_margin) * uniform:
             return None
         evals = history.eval_trend
         held_out = Movement.of(evals, plan_end)
         if held_out is not None and held_out.is_learning(self.tolerance, self.significance):
             return None
         judged_evals = evals.n >= self.min_evals and evals.span + 1 >= self.patience_steps
-        train_flat = train.is_flat(self.tolerance, self.significance)
-        eval_flat = judged_evals and held_out is not None and held_out.is_flat(self.tolerance, self.significance)
+        train_flat = train.is_flat(self.tolerance, self.significance, self.noise_allowance)
+        eval_flat = (
+            judged_evals
+            and held_out is not None
+            and held_out.is_flat(self.tolerance, self.significance, self.noise_allowance)
+        )
         if not (train_flat or eval_flat and train.fall + self.significance * train.noise < 2 * self.tolerance):
             return None
         first = history.loss_start
