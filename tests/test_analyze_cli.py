@@ -179,7 +179,8 @@ def test_cli_exit_codes_and_text(live_runs, tmp_path):
 def test_cli_json(live_runs):
     result = cli("analyze", "--json", str(live_runs["lr_too_low"][0] / "runs"))
     assert result.returncode == 1
-    (report,) = json.loads(result.stdout)
+    (line,) = result.stdout.splitlines()  # JSON Lines: one object per run
+    report = json.loads(line)
     assert report["verdict"] == "flat"
     assert {"source", "verdict", "diagnoses", "notes"} <= report.keys()
     diagnosis = report["diagnoses"][0]

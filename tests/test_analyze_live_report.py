@@ -70,7 +70,7 @@ def test_analyze_gives_the_pre_flight_decision_of_the_live_report(one_loss_logge
     for path in (one_loss_logged, one_loss_logged / "trainer_state.json"):  # the TensorBoard run, then the state
         result = analyze_cli("--json", str(path))
         assert result.returncode == 1
-        (report,) = json.loads(result.stdout)
+        (report,) = map(json.loads, result.stdout.splitlines())  # JSON Lines: one object per run
         assert report["verdict"] == "flat"
         [diagnosis] = report["diagnoses"]
         assert diagnosis["cause"] == "no_target_tokens" and diagnosis["evidence"]["decided_by"] == "pre-flight"
@@ -88,7 +88,7 @@ def test_a_run_without_a_train_loss_is_not_judged_unless_the_live_report_decided
     assert "were logged: nothing to judge" in text.stdout
     result = analyze_cli("--json", str(no_loss_logged / "trainer_state.json"))
     assert result.returncode == 3
-    (report,) = json.loads(result.stdout)
+    (report,) = map(json.loads, result.stdout.splitlines())
     assert report["verdict"] == "not judged" and report["diagnoses"] == []
     (api,) = trainwatch.analyze(no_loss_logged)
     assert api.verdict == "not judged" and not api.judged and not api.failed

@@ -41,12 +41,12 @@ def bare_state(tmp_path_factory) -> Path:
 def test_vocab_size_reaches_the_facts(bare_state: Path) -> None:
     without = cli("analyze", "--json", str(bare_state))
     assert without.returncode == 0, without.stderr
-    [report] = json.loads(without.stdout)
+    [report] = map(json.loads, without.stdout.splitlines())  # JSON Lines: one object per run
     assert report["facts"]["vocab_size"] is None  # the file alone cannot say it
 
     given = cli("analyze", "--json", "--vocab-size", str(VOCAB_SIZE), str(bare_state))
     assert given.returncode == 0, given.stderr
-    [report] = json.loads(given.stdout)
+    [report] = map(json.loads, given.stdout.splitlines())
     assert report["facts"]["vocab_size"] == VOCAB_SIZE
     assert report["signals"]["loss"]["count"] == 20  # the same run, read the same way
 

@@ -86,7 +86,7 @@ def test_the_checkpoint_named_predates_the_onset_and_is_finite(tmp_path, caplog)
         [sys.executable, "-m", "trainwatch", "analyze", "--json", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )
-    (analysed,) = json.loads(result.stdout)
+    (analysed,) = map(json.loads, result.stdout.splitlines())  # JSON Lines: one object per run
     assert result.returncode == 1 and analysed["checkpoints_to_keep"] == report["checkpoints_to_keep"]
 
 

@@ -49,7 +49,10 @@ def test_every_tensorboard_value_is_read():
 
 def test_the_whole_collection_in_one_command():
     result = subprocess.run(
-        [sys.executable, "-m", "trainwatch", "analyze", str(REALRUNS)], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "trainwatch", "analyze", "--details", str(REALRUNS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode in (0, 1) and "Traceback" not in result.stderr
     # a directory walk finds event files and files named trainer_state.json (the collection's are numbered)

@@ -307,7 +307,7 @@ def test_analyze_gives_the_live_verdict(runs, name, source):
         capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     assert result.returncode in (0, 1), result.stderr
-    (report,) = json.loads(result.stdout)
+    (report,) = map(json.loads, result.stdout.splitlines())  # JSON Lines: one object per run
     diagnoses = report["diagnoses"]
     top = diagnoses[0] if diagnoses else {"kind": "healthy", "cause": None, "step": None}
     posthoc = (top["kind"], top["cause"], top["step"])

@@ -116,6 +116,9 @@ class DiagnosisCallback(TrainerCallback):
         self.engine = Engine(build_rules(self.kinds, **thresholds), smoothing=smoothing)
         self.checks: list[checklist.Check] = []
         """The pre-flight checklist so far (items at step 1 and ``early_loss_step`` join when known)."""
+        self.context: list[str] = []
+        """How this run came to be, when trainwatch started it (a repair: the failure before, the checkpoint it went
+        back to, the change): written into ``diagnosis.json`` under ``"context"`` and atop the TensorBoard text."""
         self.disabled = False
         self._output_dir: str | None = None
         self._tensorboard_dir: str | None = None
@@ -135,6 +138,11 @@ class DiagnosisCallback(TrainerCallback):
     @property
     def verdict(self) -> str:
         return self.engine.verdict
+
+    @property
+    def stopped_by(self) -> Finding | None:
+        """The finding that stopped training (``stop_on``), if one did."""
+        return self._stopped_by
 
     # -- hooks ------------------------------------------------------------------------------------------------------
     @_contained
@@ -243,6 +251,8 @@ class DiagnosisCallback(TrainerCallback):
         choices = {f.kind: self._checkpoint_to_keep(f, state) for f in self.engine.findings}
         keep = {kind: str(c.path) if c.path else None for kind, c in choices.items()}
         data = to_json(self.engine.findings, source="live", step=state.global_step, stopped_by=stopped, checkpoints_to_keep=keep)
+        if self.context:
+            data["context"] = self.context
         if self.preflight:
             data["preflight"] = {**self._run_facts, "checks": [c.to_dict() for c in self.checks]}
         return write_json_atomic(Path(self._output_dir or ".") / REPORT_DIR / f"{self.report_name}.json", data)
@@ -253,6 +263,8 @@ class DiagnosisCallback(TrainerCallback):
         from torch.utils.tensorboard import SummaryWriter
 
         text = "\n\n".join(format_finding(f).replace("\n", "  \n") for f in self.engine.findings) or "no failure found"
+        if self.context:
+            text = "  \n".join(self.context) + "\n\n" + text
         if self.checks:
             text += "\n\n" + checklist.format_checks(self.checks).replace("\n", "  \n")
         with SummaryWriter(log_dir=self._tensorboard_dir, filename_suffix=".trainwatch") as writer:

@@ -12,8 +12,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from trainwatch.logs import LogReadError
+
+if TYPE_CHECKING:
+    from trainwatch.analysis import RunSource
 
 HEALTHY, FAILURE, BAD_INPUT, NOT_JUDGED = 0, 1, 2, 3
 
@@ -24,37 +29,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     analyze = commands.add_parser(
-        "analyze", help="diagnose a finished or crashed run from its logs",
+        "analyze",
+        help="diagnose finished or crashed runs from their logs: one run, or a whole sweep",
         description="Diagnose runs from TensorBoard event files or trainer_state.json, with the live callback's "
         "rules, and the live callback's own report (<output_dir>/trainwatch/diagnosis.json) where the run has one. "
-        "Exit 0: healthy, 1: a failure was diagnosed, 2: bad input, 3: not judged (no train loss logged).",
+        "One run: its whole report. Several: a line per run (failures first), the counts, then each failure. "
+        "Exit 0: healthy, 1: a failure was diagnosed, 2: bad input (nothing could be read), 3: not judged (no train "
+        "loss logged).",
     )
     analyze.add_argument(
         "path", help="event file, run directory, directory of runs, Trainer output dir, or trainer_state.json"
     )
-    analyze.add_argument("--json", action="store_true", help="print a JSON list with one object per run")
     analyze.add_argument(
-        "--plot", metavar="FILE.png",
+        "--json",
+        action="store_true",
+        help="print JSON Lines: one object per run, in the order the runs were found",
+    )
+    analyze.add_argument(
+        "--details",
+        action="store_true",
+        help="several runs: every run's whole report (evidence, notes, curves) below the table",
+    )
+    analyze.add_argument(
+        "--jobs", type=_positive_int, default=1, metavar="N", help="analyse N runs at a time, in parallel (default 1)"
+    )
+    analyze.add_argument(
+        "--html",
+        metavar="FILE.html",
+        help="also write a self-contained HTML page: the runs' verdicts, each failure's curves and fixes",
+    )
+    analyze.add_argument(
+        "--plot",
+        metavar="FILE.png",
         help="draw loss, eval loss and grad norm with the diagnoses marked (several runs: FILE-1.png, FILE-2.png, ...)",
     )
     analyze.add_argument(
         "--smoothing", type=_positive_int, default=3, help="train losses whose median is the smoothed level (default 3)"
     )
     analyze.add_argument(
-        "--vocab-size", type=_vocab_size, metavar="N",
+        "--vocab-size",
+        type=_vocab_size,
+        metavar="N",
         help="the model's vocabulary size, for every run analysed (over what its files say): the loss is compared "
         "with a uniform guess ln N. Give it when the logs lack the model's config",
     )
     analyze.set_defaults(handler=_analyze)
     check = commands.add_parser(
-        "check", help="run the pre-flight data checklist on a JSONL training set",
+        "check",
+        help="run the pre-flight data checklist on a JSONL training set",
         description="Tokenize a training set as the reference script does (python -m trainwatch.train) and check that "
         "examples have target tokens and that the max sequence length leaves room for the responses. "
         "Exit 0: no item failed, 1: an item failed, 2: bad input.",
     )
     check.add_argument("data", help="training JSONL: instruction/response or messages records")
-    check.add_argument("--model", required=True, help="the model whose tokenizer is used (local directory or cached hub id)")
-    check.add_argument("--max-seq-length", type=int, default=128, help="tokens per example (default 128, as the script)")
+    check.add_argument(
+        "--model", required=True, help="the model whose tokenizer is used (local directory or cached hub id)"
+    )
+    check.add_argument(
+        "--max-seq-length", type=int, default=128, help="tokens per example (default 128, as the script)"
+    )
     check.set_defaults(handler=_check)
     return parser
 
@@ -87,22 +120,36 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from trainwatch.analysis import analyze
+    from trainwatch.sweep import format_sweep, judge_runs, sweep_rows
 
     if args.plot:
         from trainwatch.plot import check_plotting
 
         check_plotting(args.plot)
-    reports = analyze(args.path, smoothing=args.smoothing, vocab_size=args.vocab_size)
+    if args.html:
+        from trainwatch.html_report import check_html_target
+
+        check_html_target(args.html)
+    sources = _find_runs(args.path)
+    reports = judge_runs(sources, args.smoothing, vocab_size=args.vocab_size, jobs=args.jobs, progress=True)
+    if all(r.error for r in reports):
+        raise LogReadError("; ".join(r.error for r in reports if r.error))
+    rows = sweep_rows(sources, reports, args.path)
     if args.plot:
         from trainwatch.plot import plot_reports
 
         written = plot_reports(reports, args.plot)
         print(f"plot: {', '.join(map(str, written))}", file=sys.stderr)
+    if args.html:
+        from trainwatch.html_report import write_html
+
+        print(f"html: {write_html(rows, args.html, title=args.path)}", file=sys.stderr)
     if args.json:
-        text = json.dumps([r.to_dict() for r in reports], indent=2, default=str)
+        text = "\n".join(json.dumps(row.to_dict(), default=str) for row in rows)
+    elif len(rows) == 1:
+        text = reports[0].format_text()
     else:
-        text = "\n\n".join(r.format_text() for r in reports)
+        text = format_sweep(rows, details=args.details)
     try:
         print(text, flush=True)
     except BrokenPipeError:  # `trainwatch analyze ... | head`: the reader left, no reason to change the verdict
@@ -110,6 +157,17 @@ def _analyze(args: argparse.Namespace) -> int:
     if any(r.failed for r in reports):
         return FAILURE
     return NOT_JUDGED if any(not r.judged for r in reports if not r.error) else HEALTHY
+
+
+def _find_runs(path: str) -> list[RunSource]:
+    """The runs under ``path``; where there are none, :func:`trainwatch.analyze` raises the one-line reason."""
+    from trainwatch.analysis import analyze, find_runs
+
+    sources = find_runs(Path(path)) if Path(path).exists() else []
+    if not sources:
+        analyze(path)  # nothing to read: raises LogReadError saying why, in the words of the library's own API
+        raise LogReadError(f"{path}: no runs found")
+    return sources
 
 
 def _check(args: argparse.Namespace) -> int:

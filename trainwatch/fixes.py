@@ -7,12 +7,23 @@ lesson's value instead.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from trainwatch.history import PREFERENCE
 
 Params = Mapping[str, Any]
+
+CLIP = 0.3
+"""The QLoRA lesson's ``max_grad_norm``, the clipping an explosion's fix turns on."""
+LORA_RATES = (1e-4, 3e-4)
+"""The lesson's learning rates for LoRA/QLoRA, as the pre-flight's learning-rate check has them."""
+LORA_RATE = 2e-4
+"""The usual LoRA/QLoRA rate: a 10× change that would leave a LoRA run's rate still more than ``RATE_MARGIN``×
+beyond :data:`LORA_RATES` goes straight to it (measured on the reference run: a rate of 100 that exploded explodes
+at 10 and at 1 as well, with clipping)."""
+RATE_MARGIN = 10.0
 
 
 def _num(value: Any) -> str:
@@ -35,13 +46,52 @@ def _scaled(params: Params, name: str, factor: float, default_hint: str) -> str:
     return default_hint
 
 
+def learning_rate_fix(params: Params, factor: float, objective: str | None = None) -> float | None:
+    """The learning rate that "``factor``× the learning rate" sets: the current one × ``factor`` (3 significant
+    digits), or :data:`LORA_RATE` for a LoRA run (``lora_r`` known, a per-token loss) that this would leave more than
+    :data:`RATE_MARGIN`× beyond :data:`LORA_RATES` on the same side. None when the current rate is unknown."""
+    current = params.get("learning_rate")
+    if not isinstance(current, (int, float)) or not math.isfinite(current) or current <= 0:
+        return None
+    rate = float(f"{current * factor:.3g}")
+    low, high = LORA_RATES
+    if (
+        "lora_r" in params
+        and objective is None
+        and ((factor < 1 and rate > high * RATE_MARGIN) or (factor > 1 and rate < low / RATE_MARGIN))
+    ):
+        return LORA_RATE
+    return rate
+
+
+def _rate(params: Params, factor: float, default_hint: str, objective: str | None = None) -> str:
+    rate = learning_rate_fix(params, factor, objective)
+    if rate is None:
+        return default_hint
+    current = params["learning_rate"]
+    text = f"learning_rate {_num(current)} → {_num(rate)}"
+    scaled = float(f"{current * factor:.3g}")
+    if rate != scaled:
+        low, high = LORA_RATES
+        side = f"over {RATE_MARGIN:g}× the usual" if factor < 1 else f"under 1/{RATE_MARGIN:g} of the usual"
+        step = "a tenth" if factor == 0.1 else f"{factor:g}×"
+        text += f", the usual rate for LoRA/QLoRA ({step}, {_num(scaled)}, would still be {side} {low:g}–{high:g})"
+    return text
+
+
+def clip_fix(params: Params) -> float | None:
+    """The ``max_grad_norm`` an explosion's fix sets: :data:`CLIP`, unless clipping is already on at most that."""
+    current = params.get("max_grad_norm")
+    return None if isinstance(current, (int, float)) and 0 < current <= CLIP else CLIP
+
+
 def _clip(params: Params) -> str:
     current = params.get("max_grad_norm")
-    if isinstance(current, (int, float)) and 0 < current <= 0.3:
+    if clip_fix(params) is None:
         return f"keep gradient clipping on (max_grad_norm is already {_num(current)})"
     if current == 0:
-        return "clip gradients: max_grad_norm 0 (off) → 0.3"
-    return "clip gradients: " + _change(params, "max_grad_norm", 0.3)
+        return f"clip gradients: max_grad_norm 0 (off) → {CLIP}"
+    return "clip gradients: " + _change(params, "max_grad_norm", CLIP)
 
 
 def _warmup(params: Params) -> str:
@@ -58,7 +108,7 @@ def _exploding(params: Params, objective: str | None = None) -> list[str]:
         else "look for bad examples: empty labels, extremely long texts, corrupted records"
     )
     return [
-        "lower the learning rate 10×: " + _scaled(params, "learning_rate", 0.1, "learning_rate → a tenth of its value"),
+        "lower the learning rate 10×: " + _rate(params, 0.1, "learning_rate → a tenth of its value", objective),
         _clip(params),
         _warmup(params),
         data,
@@ -100,7 +150,7 @@ def _lr_too_low(params: Params, objective: str | None = None) -> list[str]:
             "beta is not tiny" + (f" (beta is {_num(beta)}; 0.1 is usual)" if isinstance(beta, (int, float)) else ""),
         ]
     return [
-        "raise the learning rate 10×: " + _scaled(params, "learning_rate", 10, "learning_rate → 2e-4 (the QLoRA default)"),
+        "raise the learning rate 10×: " + _rate(params, 10, "learning_rate → 2e-4 (the QLoRA default)", objective),
         "check the label masking: print labels and count examples with > 0 target tokens",
     ]
 
@@ -121,13 +171,12 @@ def _no_reward_signal(params: Params, objective: str | None = None) -> list[str]
 
 
 def _overfitting(params: Params, objective: str | None = None) -> list[str]:
-    epochs, steps = params.get("num_train_epochs"), params.get("max_steps")
-    if isinstance(steps, int) and steps > 0:  # max_steps, when set, is what ends the run, not the epochs
-        fewer = "train fewer steps: " + _change(params, "max_steps", max(1, steps // 3))
-    elif isinstance(epochs, (int, float)) and epochs > 1:
-        fewer = "train fewer epochs: " + _change(params, "num_train_epochs", max(1, int(epochs) // 3))
-    else:
+    shorter = shorter_fix(params)
+    if shorter is None:
         fewer = "train fewer epochs: stop at the best evaluation (load_best_model_at_end=True)"
+    else:
+        name, value = shorter
+        fewer = f"train fewer {'steps' if name == 'max_steps' else 'epochs'}: " + _change(params, name, value)
     rank = params.get("lora_r")
     lower_rank = "lower the LoRA rank: " + (
         f"lora r {rank} → {max(1, int(rank) // 2)}" if isinstance(rank, (int, float)) and rank > 1 else "r 8 → 4"
@@ -143,6 +192,17 @@ def _overfitting(params: Params, objective: str | None = None) -> list[str]:
         else f"weight_decay {_num(decay)} → {_num(2 * decay)}"
     )
     return ["more (or more varied) training data", fewer, more_dropout, lower_rank, more_decay]
+
+
+def shorter_fix(params: Params) -> tuple[str, int] | None:
+    """Overfitting's "train fewer epochs" as ``(argument, value)``: a third of ``max_steps`` when it is set (it is what
+    ends the run), else of ``num_train_epochs``; None when there is no more than one epoch to cut."""
+    epochs, steps = params.get("num_train_epochs"), params.get("max_steps")
+    if isinstance(steps, int) and steps > 0:
+        return "max_steps", max(1, steps // 3)
+    if isinstance(epochs, (int, float)) and epochs > 1:
+        return "num_train_epochs", max(1, int(epochs) // 3)
+    return None
 
 
 def _frozen_layers(params: Params, objective: str | None = None) -> list[str]:
@@ -185,3 +245,20 @@ def fixes_for(cause: str, params: Params, objective: str | None = None) -> list[
     """The ordered fix list for ``cause``, rendered from ``params`` (TrainingArguments fields and LoRA settings) and
     chosen by the run's ``objective`` too (no label-masking fix for a preference run)."""
     return FIXES[cause](params, objective)
+
+
+def argument_changes(cause: str, params: Params, objective: str | None = None) -> dict[str, Any]:
+    """The fix a repair applies for ``cause``, as ``{argument: new value}``, with the values its fix list shows: for
+    an explosion the lowered learning rate and clipping, for a rate too low the raised one, for overfitting fewer
+    epochs (or steps). Empty when no argument fixes the cause (no target tokens, zero gradients, frozen layers, no
+    reward signal) or the run's value is unknown."""
+    if cause in ("non_finite", "lr_too_high", "lr_too_low"):
+        rate = learning_rate_fix(params, 10 if cause == "lr_too_low" else 0.1, objective)
+        if rate is None:
+            return {}
+        clip = clip_fix(params) if cause != "lr_too_low" else None
+        return {"learning_rate": rate} | ({"max_grad_norm": clip} if clip is not None else {})
+    if cause in ("memorization", "widening_gap"):
+        shorter = shorter_fix(params)
+        return dict([shorter]) if shorter else {}
+    return {}

@@ -21,11 +21,20 @@ def _value(v: Any) -> str:
 
 def format_finding(finding: Finding) -> str:
     """A finding as a short block: headline, why, the numbers, then the numbered fixes."""
-    lines = [f"{finding.kind.upper()} ({finding.cause}) at step {finding.step}: {finding.summary}"]
-    evidence = ", ".join(f"{k}={_value(v)}" for k, v in finding.evidence.items() if v is not None)
-    lines.append(f"  confidence {finding.confidence}" + (f"; evidence: {evidence}" if evidence else ""))
+    lines = [f"{headline(finding)}: {finding.summary}", f"  {format_evidence(finding)}"]
     lines.extend(f"  fix {i}. {fix}" for i, fix in enumerate(finding.fixes, 1))
     return "\n".join(lines)
+
+
+def headline(finding: Finding) -> str:
+    """``KIND (cause) at step N``: what a finding is, in a few words."""
+    return f"{finding.kind.upper()} ({finding.cause}) at step {finding.step}"
+
+
+def format_evidence(finding: Finding) -> str:
+    """How strong the finding is and the numbers it rests on, on one line."""
+    evidence = ", ".join(f"{k}={_value(v)}" for k, v in finding.evidence.items() if v is not None)
+    return f"confidence {finding.confidence}" + (f"; evidence: {evidence}" if evidence else "")
 
 
 def format_report(findings: Sequence[Finding], *, title: str = "trainwatch", notes: Sequence[str] = ()) -> str:

@@ -6,7 +6,13 @@ checkpoint and ``--data`` at your JSONL to run the same textbook configuration o
 
 Read top to bottom: configuration (the lesson's defaults) → parse → data → model → trainer → train → report.
 ``--scenario`` reproduces each failure class by changing only what a user would get wrong; ``--sweep`` runs the
-lesson's learning-rate × LoRA-rank grid search, each trial watched (and stopped early when it fails).
+lesson's learning-rate × LoRA-rank grid search, each trial watched (and stopped early when it fails); ``--repair``
+goes back to the last good checkpoint of a failed run and trains on with the first fix applied
+(:func:`trainwatch.repair.train_with_repair`, the same entry point as for your own Trainer).
+
+Exit status: 0 healthy (with ``--repair``: or repaired), 1 the Diagnoser found a failure (with ``--repair``: one
+remains after ``--max_repairs`` attempts), 2 a usage or data error, 4 (``--repair``) a failure no argument change can
+repair (no target tokens, zero gradients, frozen layers).
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ from transformers.training_args import OptimizerNames
 
 from trainwatch.callbacks import Diagnoser
 from trainwatch.data import DataError, InstructionDataset, load_examples
-from trainwatch.findings import KINDS
+from trainwatch.findings import HEALTHY, KINDS
+from trainwatch.repair import RepairResult, train_with_repair
 from trainwatch.report import format_report, write_json_atomic
 
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -131,6 +138,15 @@ class ScriptArguments:
     )
     sweep_lora_ranks: list[int] = field(default_factory=lambda: [4, 8, 16], metadata={"help": "grid (default: 4 8 16)"})
     sweep_max_steps: int = _lesson(100, "optimizer steps per trial")
+    repair: bool = _lesson(
+        False,
+        "when a failure is decided, go back to the last good checkpoint (or the start), apply the first fix and train "
+        "the remaining steps into <output_dir>-repair-N; exit 0 repaired, 1 a failure remains, 4 not repairable",
+    )
+    max_repairs: int = _lesson(2, "repair attempts at most")
+    retrain_overfitting: bool = _lesson(
+        False, "with --repair, retrain overfitting with fewer epochs instead of keeping its best checkpoint"
+    )
 
 
 def apply_scenario(script: ScriptArguments, args: TrainingArguments) -> None:
@@ -173,12 +189,18 @@ def parse(argv: list[str] | None = None) -> tuple[ScriptArguments, QLoRATraining
         "  python -m trainwatch.train --scenario exploding     # watch the Diagnoser stop a failing run\n"
         "  python -m trainwatch.train --sweep                  # learning rate x LoRA rank grid search\n"
         "  python -m trainwatch.train --model Qwen/Qwen2.5-0.5B --data my.jsonl --max_seq_length 512\n"
-        "exit status: 0 healthy, 1 the Diagnoser found a failure, 2 a usage or data error",
+        "  python -m trainwatch.train --scenario exploding --repair   # back to a good checkpoint, fixed, on\n"
+        "exit status: 0 healthy (--repair: or repaired), 1 the Diagnoser found a failure (--repair: one remains),\n"
+        "  2 a usage or data error, 4 (--repair) a failure no argument change can repair",
     )
     try:
         script, args = parser.parse_args_into_dataclasses(args=argv)
     except ValueError as error:  # TrainingArguments' own validation
         fail(str(error).strip().splitlines()[0])
+    if script.repair and script.sweep:
+        fail("--repair repairs one run; a --sweep's failing trials are its findings")
+    if script.max_repairs < 0:
+        fail(f"--max_repairs must be ≥ 0, not {script.max_repairs}")
     script.stop_on = [] if script.stop_on == ["none"] else script.stop_on
     unknown = set(script.stop_on) - set(KINDS)
     if unknown:
@@ -347,40 +369,36 @@ def load_tokenizer(script: ScriptArguments) -> Any:
 
 
 # -- train and report -----------------------------------------------------------------------------------------------
-@dataclass
-class Outcome:
-    """How one run ended: the Diagnoser (verdict, findings, why it stopped) and the eval losses of its curve."""
-
-    diagnoser: Diagnoser
-    steps: int
-    eval_losses: list[float]
-
-    @property
-    def stopped_by(self) -> str | None:
-        finding = self.diagnoser._stopped_by  # noqa: SLF001 - the Diagnoser's own record of its stop
-        return f"{finding.kind} ({finding.cause}) at step {finding.step}" if finding else None
+def train(script: ScriptArguments, args: TrainingArguments, tokenizer: Any, max_repairs: int = 0) -> RepairResult:
+    """One run, and with ``max_repairs`` its repairs: the same entry point as for a user's own Trainer."""
+    return train_with_repair(
+        lambda attempt_args: build_trainer(script, attempt_args, tokenizer)[0],
+        args,
+        max_repairs=max_repairs,
+        retrain_overfitting=script.retrain_overfitting,
+    )
 
 
-def train(script: ScriptArguments, args: TrainingArguments, tokenizer: Any) -> Outcome:
-    trainer, diagnoser = build_trainer(script, args, tokenizer)
-    trainer.train()
-    evals = [entry["eval_loss"] for entry in trainer.state.log_history if "eval_loss" in entry]
-    return Outcome(diagnoser, trainer.state.global_step, evals)
-
-
-def report(outcome: Outcome, args: TrainingArguments) -> None:
-    """The Diagnoser's verdict and fixes, with the numbers that show the curve."""
-    notes = []
-    evals = outcome.eval_losses
-    if evals:
-        drop = 1 - evals[-1] / evals[0] if evals[0] else 0.0
-        notes.append(f"eval loss {evals[0]:.4g} → {evals[-1]:.4g} ({drop:.0%} lower) over {len(evals)} evaluations")
-    if outcome.stopped_by:
-        notes.append(f"stopped early by the Diagnoser: {outcome.stopped_by}; checkpoints were kept")
+def report(result: RepairResult, args: TrainingArguments) -> None:
+    """Each run's verdict and fixes, with the numbers that show its curve; then the repair's story."""
+    for attempt in result.attempts:
+        notes = []
+        evals = [loss for _, loss in attempt.eval_losses]
+        if evals:
+            drop = 1 - evals[-1] / evals[0] if evals[0] else 0.0
+            notes.append(f"eval loss {evals[0]:.4g} → {evals[-1]:.4g} ({drop:.0%} lower) over {len(evals)} evaluations")
+        if attempt.stopped_by:
+            finding = attempt.stopped_by
+            notes.append(
+                f"stopped early by the Diagnoser: {finding.kind} ({finding.cause}) at step {finding.step}; "
+                "checkpoints were kept"
+            )
+        title = f"trainwatch ({attempt.steps} steps, {attempt.output_dir})"
+        print(format_report(attempt.findings, title=title, notes=notes))
     if torch.cuda.is_available() and not args.use_cpu:
-        notes.append(f"peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
-    title = f"trainwatch ({outcome.steps} steps, {args.output_dir})"
-    print(format_report(outcome.diagnoser.diagnoses, title=title, notes=notes))
+        print(f"peak GPU memory allocated {torch.cuda.max_memory_allocated() / 2**20:.0f} MiB")
+    if len(result.attempts) > 1 or result.story:
+        print(result.format())
 
 
 # -- grid search ----------------------------------------------------------------------------------------------------
@@ -394,17 +412,18 @@ def sweep(script: ScriptArguments, args: TrainingArguments, tokenizer: Any) -> i
         trial_args = copy.deepcopy(args)
         trial_args.output_dir = str(Path(args.output_dir) / f"lr{learning_rate:g}-r{rank}")
         trial_args.learning_rate, trial_args.max_steps = learning_rate, script.sweep_max_steps
-        outcome = train(replace(script, lora_r=rank), trial_args, tokenizer)
-        evals = outcome.eval_losses
+        (trial,) = train(replace(script, lora_r=rank), trial_args, tokenizer).attempts
+        evals = [loss for _, loss in trial.eval_losses]
+        stopped = trial.stopped_by
         rows.append({
             "learning_rate": learning_rate,
             "lora_r": rank,
             "val_loss": min(evals) if evals else None,
             "last_val_loss": evals[-1] if evals else None,
-            "steps": outcome.steps,
-            "diagnosis": outcome.diagnoser.verdict,
-            "cause": outcome.diagnoser.diagnoses[0].cause if outcome.diagnoser.diagnoses else None,
-            "stopped": outcome.stopped_by,
+            "steps": trial.steps,
+            "diagnosis": trial.verdict,
+            "cause": trial.failure.cause if trial.failure else None,
+            "stopped": f"{stopped.kind} ({stopped.cause}) at step {stopped.step}" if stopped else None,
         })
     rows.sort(key=lambda r: (r["diagnosis"] != "healthy", r["val_loss"] is None, r["val_loss"] or 0.0))
     out = Path(args.output_dir)
@@ -437,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = load_tokenizer(script)
     if script.sweep:
         return sweep(script, args, tokenizer)
-    outcome = train(script, args, tokenizer)
-    report(outcome, args)
-    return 0 if outcome.diagnoser.verdict == "healthy" else 1
+    result = train(script, args, tokenizer, max_repairs=script.max_repairs if script.repair else 0)
+    report(result, args)
+    if script.repair:
+        return result.exit_code
+    return 0 if result.attempts[0].verdict == HEALTHY else 1
 
 
 if __name__ == "__main__":

@@ -1,0 +1,308 @@
+"""Many runs at once (a sweep, a week of experiments, a team's log store): which failed, why, and what to keep.
+
+:func:`judge_runs` judges the runs :func:`~trainwatch.analysis.find_runs` found, one after another or in ``jobs``
+worker processes. A run that cannot be read, whose reading raises, or whose worker dies (killed, out of memory) is
+reported as unreadable; the others go on. :class:`SweepRow` and :func:`format_sweep` make what a person scans a
+sweep with: one line per run, failures first, then the counts, then what went wrong in each failure.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import re
+import sys
+import threading
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainwatch.analysis import HEALTHY, NOT_JUDGED, RunReport, RunSource, judge_run
+from trainwatch.findings import KINDS
+from trainwatch.report import format_report
+
+UNREADABLE = "unreadable"
+VERDICTS = (*KINDS, UNREADABLE, NOT_JUDGED, HEALTHY)
+"""Every verdict a sweep's run can get, in the order its table lists them: failures first."""
+MANY_RUNS = 10
+"""From this many runs on, judging them shows a progress bar (on a terminal)..."""
+LARGE_LOG_BYTES = 32 * 2**20
+"""... or when their files add up to this many bytes (a large log: reading it takes seconds)."""
+TICK_SECONDS = 1.0
+"""How often the bar's clock is redrawn while one long log is read."""
+WORKER_DIED = "the process reading it died (killed, or out of memory)"
+_CHECKPOINT = re.compile(r"checkpoint-\d+")
+_SPAWN = multiprocessing.get_context("spawn")  # no fork of a process with threads (the bar's clock) on any platform
+
+Settings = tuple[int, dict[str, Any], int | None]
+"""judge_run's arguments after the source: smoothing, thresholds, vocab_size."""
+
+
+# -- judging many runs ------------------------------------------------------------------------------------------------
+def judge_runs(
+    sources: Sequence[RunSource],
+    smoothing: int = 3,
+    thresholds: dict[str, Any] | None = None,
+    vocab_size: int | None = None,
+    *,
+    jobs: int = 1,
+    progress: bool = False,
+) -> list[RunReport]:
+    """Each run judged by :func:`~trainwatch.analysis.judge_run`, in ``jobs`` worker processes when more than one.
+
+    The reports come in the order of ``sources`` whatever order they finish in, so ``jobs`` never changes a result.
+    A run whose reading raises, or kills its worker, gets ``error`` set (unreadable) and never stops the others.
+    ``progress``: show a bar on stderr while judging, if stderr is a terminal and there are :data:`MANY_RUNS` runs
+    or :data:`LARGE_LOG_BYTES` to read.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be at least 1, not {jobs}")
+    settings: Settings = (smoothing, dict(thresholds or {}), vocab_size)
+    with _progress_bar(sources, progress) as advance:
+        if jobs == 1 or len(sources) < 2:
+            reports = []
+            for source in sources:
+                reports.append(_judge_safely(source, settings))
+                advance()
+            return reports
+        return _judge_in_workers(sources, settings, min(jobs, len(sources)), advance)
+
+
+def unreadable(source: RunSource, why: str) -> RunReport:
+    """The report of a run nothing could be read of, saying why (after the run's own name)."""
+    return RunReport(
+        source=source.label, format=source.format, notes=list(source.notes), error=f"{source.label}: {why}"
+    )
+
+
+def _judge_safely(source: RunSource, settings: Settings) -> RunReport:
+    try:
+        return judge_run(source, *settings)
+    except Exception as error:  # noqa: BLE001 - a reader's bug, or a run too large for memory: that run, not the sweep
+        return unreadable(source, _unexpected(error))
+
+
+def _unexpected(error: BaseException) -> str:
+    return f"reading it failed unexpectedly ({type(error).__name__}: {str(error)[:200]})"
+
+
+def _judge_in_workers(
+    sources: Sequence[RunSource], settings: Settings, jobs: int, advance: Callable[[], object]
+) -> list[RunReport]:
+    """Judge in a pool of ``jobs`` processes. When a worker dies, the pool is lost with every run in its hands: those
+    runs are judged again, each alone in a new worker, so the one that kills it again is the one unreadable, and the
+    pool is started afresh for the rest."""
+    reports: dict[int, RunReport] = {}
+    waiting = deque(range(len(sources)))
+    while waiting:
+        suspects = _pool_pass(sources, settings, waiting, jobs, reports, advance)
+        for index in suspects:
+            if _pool_pass(sources, settings, deque([index]), 1, reports, advance):
+                reports[index] = unreadable(sources[index], WORKER_DIED)
+                advance()
+    return [reports[index] for index in range(len(sources))]
+
+
+def _pool_pass(
+    sources: Sequence[RunSource],
+    settings: Settings,
+    waiting: deque[int],
+    jobs: int,
+    reports: dict[int, RunReport],
+    advance: Callable[[], object],
+) -> list[int]:
+    """Judge the ``waiting`` runs (taking them off it) until none is left, or a worker dies: then return the runs
+    that were in the pool's hands, the one that killed it among them. The pool holds at most two runs per worker at
+    a time, so that a death makes few suspects and the rest wait untouched."""
+    with ProcessPoolExecutor(jobs, mp_context=_SPAWN) as pool:
+        running: dict[Future[RunReport], int] = {}
+        while waiting or running:
+            while waiting and len(running) < 2 * jobs:
+                index = waiting.popleft()
+                running[pool.submit(_judge_safely, sources[index], settings)] = index
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            suspects = []
+            for future in done:
+                index = running.pop(future)
+                error = future.exception()
+                if isinstance(error, BrokenProcessPool):
+                    suspects.append(index)
+                    continue
+                reports[index] = future.result() if error is None else unreadable(sources[index], _unexpected(error))
+                advance()
+            if suspects:
+                return suspects + list(running.values())
+    return []
+
+
+@contextmanager
+def _progress_bar(sources: Sequence[RunSource], wanted: bool) -> Iterator[Callable[[], object]]:
+    """``advance()`` for each run judged, moving a bar on stderr when one is worth showing; its clock is redrawn
+    every :data:`TICK_SECONDS` so that a long read of one large log still shows it is going."""
+    stderr = sys.stderr
+    if not (wanted and stderr is not None and stderr.isatty()):
+        yield lambda: None
+        return
+    if len(sources) < MANY_RUNS and _size(sources) < LARGE_LOG_BYTES:
+        yield lambda: None
+        return
+    from tqdm import tqdm  # a dependency of transformers, imported only when a bar is shown
+
+    bar = tqdm(total=len(sources), unit="run", desc="trainwatch analyze", file=stderr, leave=False, dynamic_ncols=True)
+    finished = threading.Event()
+
+    def tick() -> None:
+        while not finished.wait(TICK_SECONDS):
+            bar.refresh()
+
+    clock = threading.Thread(target=tick, daemon=True)
+    clock.start()
+    try:
+        yield bar.update
+    finally:
+        finished.set()
+        clock.join()
+        bar.close()
+
+
+def _size(sources: Sequence[RunSource]) -> int:
+    total = 0
+    for source in sources:
+        for path in source.paths:
+            try:
+                total += path.stat().st_size
+            except OSError:
+                continue
+    return total
+
+
+# -- what a sweep shows -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SweepRow:
+    """One run of a sweep as its table shows it: where it is, what was concluded, which checkpoint to keep."""
+
+    name: str
+    """The run's source, relative to the path analysed."""
+    report: RunReport
+    best_eval: tuple[float, int] | None = None
+    """The lowest finite eval loss and its step."""
+    best_eval_checkpoint: str | None = None
+    """The checkpoint saved at the best eval loss's step, where the run's output dir holds one."""
+
+    @property
+    def verdict(self) -> str:
+        return self.report.verdict or UNREADABLE
+
+    @property
+    def cause(self) -> str | None:
+        return self.report.diagnoses[0].cause if self.report.diagnoses else None
+
+    @property
+    def step(self) -> int | None:
+        """The step at which the run's failure was decided."""
+        return self.report.diagnoses[0].step if self.report.diagnoses else None
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint to keep: after a failure, the one to go back to (as the live report names it, checked
+        for damaged weights); otherwise the one saved at the best eval loss."""
+        if self.report.diagnoses:
+            return self.report.checkpoints_to_keep.get(self.report.diagnoses[0].kind)
+        return self.best_eval_checkpoint
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report's JSON object, with the best eval loss and its checkpoint."""
+        best = None
+        if self.best_eval:
+            best = {"loss": self.best_eval[0], "step": self.best_eval[1], "checkpoint": self.best_eval_checkpoint}
+        return {**self.report.to_dict(), "best_eval": best}
+
+
+def sweep_rows(
+    sources: Sequence[RunSource], reports: Sequence[RunReport], root: str | os.PathLike[str]
+) -> list[SweepRow]:
+    """A row per run (``reports[i]`` judged ``sources[i]``), named relative to ``root``, in the order given."""
+    rows = []
+    for source, report in zip(sources, reports, strict=True):
+        eval_loss = report.history["eval_loss"]
+        best = (eval_loss.min, eval_loss.min_step) if eval_loss.min is not None and not report.error else None
+        checkpoint = _checkpoint_at(source, best[1]) if best else None
+        rows.append(SweepRow(_relative(report.source, Path(root)), report, best, checkpoint))
+    return rows
+
+
+def _relative(label: str, root: Path) -> str:
+    """A run's label with the analysed path taken off each of its parts (a resumed run has several)."""
+    parts = []
+    for part in label.split(" + "):
+        path = Path(part)
+        parts.append(str(path.relative_to(root)) if root in path.parents else part)
+    return " + ".join(parts)
+
+
+def _checkpoint_at(source: RunSource, step: int) -> str | None:
+    """``checkpoint-<step>`` in the Trainer output dir the run was found in (its trainer_state.json's folder, or
+    the folder above its ``runs/``), if there is one."""
+    folder = source.facts_dir or (source.paths[0].parent if source.paths else None)
+    if folder is None:
+        return None
+    if _CHECKPOINT.fullmatch(folder.name):
+        folder = folder.parent
+    checkpoint = folder / f"checkpoint-{step}"
+    return str(checkpoint) if checkpoint.is_dir() else None
+
+
+def by_verdict(rows: Sequence[SweepRow]) -> list[SweepRow]:
+    """Failures first (in :data:`VERDICTS` order), each group in the order the runs were found."""
+    return sorted(rows, key=lambda row: VERDICTS.index(row.verdict))
+
+
+def count_verdicts(rows: Sequence[SweepRow]) -> str:
+    """``5 runs: 1 healthy, 2 exploding, ...``: every verdict, none left out when it is 0."""
+    counts = Counter(row.verdict for row in rows)
+    order = (HEALTHY, *KINDS, NOT_JUDGED, UNREADABLE)
+    return f"{len(rows)} run{'s' if len(rows) != 1 else ''}: " + ", ".join(f"{counts[v]} {v}" for v in order)
+
+
+COLUMNS = ("RUN", "FORMAT", "VERDICT", "CAUSE", "STEP", "BEST EVAL LOSS", "CHECKPOINT")
+RUN_WIDTH = 60
+"""A longer run name is cut from the left in the table (``--json`` has it whole)."""
+
+
+def format_sweep(rows: Sequence[SweepRow], *, details: bool = False) -> str:
+    """The table (failures first), the counts, then each failure's diagnosis and fixes and each unreadable run's
+    error; with ``details``, every run's whole report (evidence, notes, curves) instead."""
+    ordered = by_verdict(rows)
+    cells = [COLUMNS, *(_cells(row) for row in ordered)]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    table = [
+        "  ".join(
+            cell.rjust(width) if i == 4 else cell.ljust(width) for i, (cell, width) in enumerate(zip(line, widths))
+        ).rstrip()
+        for line in cells
+    ]
+    blocks = ["\n".join(table), count_verdicts(rows)]
+    for row in ordered:
+        if details:
+            blocks.append(row.report.format_text())
+        elif row.report.error:
+            blocks.append(f"unreadable: {row.report.error}")
+        elif row.report.diagnoses:
+            text = format_report(row.report.diagnoses, title=row.name)
+            if row.checkpoint:
+                text += f"\n  checkpoint to go back to: {row.checkpoint}"
+            blocks.append(text)
+    return "\n\n".join(blocks)
+
+
+def _cells(row: SweepRow) -> tuple[str, ...]:
+    name = row.name if len(row.name) <= RUN_WIDTH else "…" + row.name[-RUN_WIDTH + 1 :]
+    best = f"{row.best_eval[0]:.4g} @ {row.best_eval[1]}" if row.best_eval else "-"
+    step = str(row.step) if row.step is not None else "-"
+    checkpoint = Path(row.checkpoint).name if row.checkpoint else "-"
+    return (name, row.report.format, row.verdict, row.cause or "-", step, best, checkpoint)
