@@ -19,9 +19,10 @@ import torch
 from safetensors.torch import load_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from trainwatch import train_with_repair
 from trainwatch.checkpoints import nonfinite_tensors
 from trainwatch.fixes import argument_changes, fixes_for
-from trainwatch.repair import FAILED, REPAIRED, train_with_repair
+from trainwatch.repair import FAILED, REPAIRED
 from trainwatch.testing import Progressions, pretrain, tiny_model
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -41,7 +42,12 @@ def one_thread():
 def reference_run(*flags: str, out: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "trainwatch.train", *TINY, "--output_dir", str(out), *flags],
-        cwd=out.parent, env=ENV, capture_output=True, text=True, timeout=600,
+        check=False,
+        cwd=out.parent,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -110,8 +116,11 @@ def lora_trainer(args: TrainingArguments, callbacks: list[TrainerCallback] = (),
     base = pretrain(tiny_model(), 75)
     model = get_peft_model(base, LoraConfig(r=8, lora_alpha=256, target_modules="all-linear", task_type="CAUSAL_LM"))
     return Trainer(
-        model=model, args=args, callbacks=list(callbacks),
-        train_dataset=Progressions(train_size), eval_dataset=Progressions(64, seed=1000),
+        model=model,
+        args=args,
+        callbacks=list(callbacks),
+        train_dataset=Progressions(train_size),
+        eval_dataset=Progressions(64, seed=1000),
     )
 
 
@@ -124,8 +133,15 @@ def full_trainer(args: TrainingArguments, train_size: int = 512) -> Trainer:
 
 def tiny_args(output_dir: Path, **overrides) -> TrainingArguments:
     settings = {
-        "per_device_train_batch_size": 8, "logging_steps": 1, "eval_strategy": "steps", "eval_steps": 20,
-        "save_steps": 20, "use_cpu": True, "disable_tqdm": True, "report_to": [], **overrides,
+        "per_device_train_batch_size": 8,
+        "logging_steps": 1,
+        "eval_strategy": "steps",
+        "eval_steps": 20,
+        "save_steps": 20,
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "report_to": [],
+        **overrides,
     }
     return TrainingArguments(output_dir=str(output_dir), **settings)
 
@@ -142,7 +158,9 @@ class AdapterAtStart(TrainerCallback):
 
 def test_too_low_a_learning_rate_goes_back_to_its_checkpoint_and_learns(tmp_path):
     start = AdapterAtStart()
-    result = train_with_repair(lambda args: lora_trainer(args, [start]), tiny_args(tmp_path / "run", learning_rate=1e-7, max_steps=80))
+    result = train_with_repair(
+        lambda args: lora_trainer(args, [start]), tiny_args(tmp_path / "run", learning_rate=1e-7, max_steps=80)
+    )
     assert result.status == REPAIRED and result.exit_code == 0
     original, attempt = result.attempts
     assert (original.failure.cause, attempt.verdict) == ("lr_too_low", "healthy")
@@ -189,7 +207,11 @@ def test_attempts_used_up_leave_every_run_in_its_own_folder_and_exit_1(tmp_path)
     assert [a.verdict for a in result.attempts] == ["exploding"] * 3
     assert result.attempts[1].changes == {"learning_rate": (100.0, 10.0), "max_grad_norm": (0.0, 0.3)}
     assert result.attempts[2].changes == {"learning_rate": (10.0, 1.0)}  # clipping was on already
-    assert [a.output_dir for a in result.attempts] == [str(original), str(tmp_path / "run-repair-2"), str(tmp_path / "run-repair-3")]
+    assert [a.output_dir for a in result.attempts] == [
+        str(original),
+        str(tmp_path / "run-repair-2"),
+        str(tmp_path / "run-repair-3"),
+    ]
     assert (earlier / "keep.txt").read_text() == "mine" and len(list(earlier.iterdir())) == 1
     assert snapshots[0] == snapshots[1] == snapshot(original)
     assert [a["number"] for a in read_json(original / "trainwatch" / "repair.json")["attempts"]] == [0, 1, 2]
@@ -199,7 +221,11 @@ def test_attempts_used_up_leave_every_run_in_its_own_folder_and_exit_1(tmp_path)
 
 def test_overfitting_keeps_the_best_checkpoint_as_the_final_model(tmp_path):
     args = tiny_args(
-        tmp_path / "run", learning_rate=5e-3, num_train_epochs=200, eval_steps=10, save_steps=10,
+        tmp_path / "run",
+        learning_rate=5e-3,
+        num_train_epochs=200,
+        eval_steps=10,
+        save_steps=10,
         load_best_model_at_end=True,
     )
     result = train_with_repair(lambda a: full_trainer(a, train_size=8), args)
@@ -215,7 +241,10 @@ def test_overfitting_retrains_from_the_start_with_fewer_epochs_when_asked(tmp_pa
     result = train_with_repair(lambda a: full_trainer(a, train_size=8), args, max_repairs=1, retrain_overfitting=True)
     original, attempt = result.attempts
     assert original.verdict == "overfitting"
-    assert attempt.changes == {"num_train_epochs": (200.0, 66)} and (attempt.checkpoint, attempt.start_step) == (None, 0)
+    assert attempt.changes == {"num_train_epochs": (200.0, 66)} and (attempt.checkpoint, attempt.start_step) == (
+        None,
+        0,
+    )
     assert attempt.planned_steps == 66 and attempt.output_dir == str(tmp_path / "run-repair-1")
 
 
@@ -223,7 +252,11 @@ def test_overfitting_retrains_from_the_start_with_fewer_epochs_when_asked(tmp_pa
     "cause, params, changes",
     [
         ("lr_too_high", {"learning_rate": 1.0, "max_grad_norm": 1.0}, {"learning_rate": 0.1, "max_grad_norm": 0.3}),
-        ("non_finite", {"learning_rate": 100.0, "max_grad_norm": 0.0, "lora_r": 8}, {"learning_rate": 2e-4, "max_grad_norm": 0.3}),
+        (
+            "non_finite",
+            {"learning_rate": 100.0, "max_grad_norm": 0.0, "lora_r": 8},
+            {"learning_rate": 2e-4, "max_grad_norm": 0.3},
+        ),
         ("lr_too_high", {"learning_rate": 1e-3, "max_grad_norm": 0.3, "lora_r": 8}, {"learning_rate": 1e-4}),
         ("lr_too_low", {"learning_rate": 2e-7, "lora_r": 8}, {"learning_rate": 2e-4}),
         ("lr_too_low", {"learning_rate": 2e-6}, {"learning_rate": 2e-5}),

@@ -15,6 +15,7 @@ from trainwatch.history import Facts, History
 __version__ = "0.1.0"
 
 _CALLBACKS = ("Diagnoser", "DiagnosisCallback", "ExplodingLossDetector", "FlatLossDetector", "OverfittingDetector")
+_REPAIR = ("train_with_repair", "RepairResult")
 
 
 def __getattr__(name: str) -> Any:
@@ -26,7 +27,11 @@ def __getattr__(name: str) -> Any:
         from trainwatch import callbacks
 
         return getattr(callbacks, name)
+    if name in _REPAIR:
+        from trainwatch import repair
+
+        return getattr(repair, name)
     raise AttributeError(f"module 'trainwatch' has no attribute {name!r}")
 
 
-__all__ = ["Engine", "Facts", "Finding", "History", "analyze", "build_rules", *_CALLBACKS]
+__all__ = ["Engine", "Facts", "Finding", "History", "analyze", "build_rules", *_CALLBACKS, *_REPAIR]
