@@ -20,6 +20,8 @@ class Movement:
     fall: float
     projected_fall: float
     noise: float
+    projected_noise: float
+    """The projected fall's standard error: the slope's, carried to the planned last step."""
     start: float
     """Where the line begins: the curve's level when the warmup ended."""
     scatter: float
@@ -33,20 +35,18 @@ class Movement:
         slope, error, scatter = trend.fit()
         span = trend.span
         start = mean - slope * trend.sx / trend.n
-        projected = -slope * (max(plan_end, trend.last_x) - trend.x0) / mean
-        return cls(-slope * span / mean, projected, error * span / mean, start, scatter)
+        ahead = max(plan_end, trend.last_x) - trend.x0
+        return cls(-slope * span / mean, -slope * ahead / mean, error * span / mean, error * ahead / mean, start, scatter)
 
     def is_flat(self, tolerance: float, significance: float, allowance: float) -> bool:
         """At its best estimate within ``tolerance`` of where it began, both ways, and on course to end within it;
-        and even at ``significance`` standard errors within ``allowance`` × ``tolerance``: the noise cannot be hiding
-        a real fall."""
-        bound = allowance * tolerance
-        margin = significance * self.noise
+        and, even at ``significance`` standard errors, on course to fall less than ``allowance`` × ``tolerance``:
+        the noise cannot be hiding real learning, now or by the end of the plan (early in a long run it could).
+        (A rise the noise may hide is no sign of learning; one that stands out is the exploding rule's.)"""
         return (
             abs(self.fall) < tolerance
             and abs(self.projected_fall) < tolerance
-            and self.fall + margin < bound
-            and self.fall - margin > -bound
+            and self.projected_fall + significance * self.projected_noise < allowance * tolerance
         )
 
     def is_learning(self, tolerance: float, significance: float) -> bool:
@@ -74,10 +74,12 @@ class FlatRule:
         significance: standard errors a fall must stand out from the noise by: on the train losses, to count as
             "fell" at all; on the eval losses, to veto a flat call. About 95 % one-sided confidence at 2.
         noise_allowance: how much a flat line's noise may leave open, as a multiple of ``tolerance``: at
-            ``significance`` standard errors the line's fall must still be within ``noise_allowance × tolerance``
-            (20 % by default). Demanding the whole interval inside the 5 % tolerance would need ~800 per-step
-            losses swinging ±20 % before any run could be called flat; a line whose best estimate does not move
-            and whose noise rules out a 20 % fall is a run that barely moves, the lesson's reading of such a curve.
+            ``significance`` standard errors the line's fall projected to the planned last step must still be
+            less than ``noise_allowance × tolerance`` (20 % by default). Demanding the whole interval inside the 5 %
+            tolerance would need ~800 per-step losses swinging ±20 % before any run could be called flat; a line
+            whose best estimate does not move and whose noise rules out a 20 % fall by the end is a run that barely
+            moves, the lesson's reading of such a curve. Early in a long plan the projection's interval is wide, so
+            a slow learner is not called flat on its first noisy steps.
         uniform_margin: a line more than this fraction above a uniform guess (``Facts.reference_loss``: ln V for
             a language model) is never ``lr_too_low``: a model worse than knowing nothing that stays there has been
             wrecked by too high a learning rate, which the exploding rule (the same argument, the same meaning)
