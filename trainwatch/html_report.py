@@ -279,7 +279,7 @@ def _curve(name: str, steps: np.ndarray, values: np.ndarray, x_range: tuple[floa
         return ""
     index = np.flatnonzero(finite)
     xs = _x(steps[index], *x_range)
-    keep = _thin(np.floor(xs).astype(np.int64), values[index])
+    keep = _thin(np.clip(np.floor(xs - _LEFT), 0, PLOT_WIDTH - 1).astype(np.int64), values[index])
     index, xs = index[keep], xs[keep]
     ys = y(values[index])
     gaps_before = np.cumsum(~finite)[index]  # NaN/inf seen up to each kept point: a change means a gap
