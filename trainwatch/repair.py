@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import glob
 import itertools
 import logging
 import math
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import Trainer, TrainingArguments
 
 from trainwatch.callbacks import Diagnoser, DiagnosisCallback
@@ -174,6 +176,7 @@ def train_with_repair(
     if max_repairs < 0:
         raise ValueError(f"max_repairs must be ≥ 0, not {max_repairs}")
     result = RepairResult([])
+    first_folder = _first_free_number(str(args.output_dir))  # known before any run writes: the same on every rank
     attempt = _train(build, args, Attempt(0, str(args.output_dir)), result)
     while max_repairs and (failure := attempt.failure) is not None:
         at = f"{failure.kind} ({failure.cause}) at step {attempt.start_step + failure.step} of {attempt.output_dir}"
@@ -193,8 +196,9 @@ def train_with_repair(
         if not changes:
             _decide(result, FAILED, f"{at}: no checkpoint to keep as the final model, and no epoch to cut")
             break
-        next_args, start, checkpoint, line = _plan(attempt, failure, changes, result.attempts[0].output_dir)
-        _decide(result, FAILED, f"{at}: {line}")
+        folder = f"{result.attempts[0].output_dir}-repair-{first_folder + attempt.number}"
+        next_args, start, checkpoint, line = _plan(attempt, failure, changes, folder)
+        _decide(result, FAILED, f"{at}: {line}")  # failed, until an attempt ends healthy
         changed = {name: (attempt.hyperparameters.get(name), value) for name, value in changes.items()}
         attempt = _train(
             build, next_args, Attempt(attempt.number + 1, next_args.output_dir, start, checkpoint, changed), result
@@ -210,14 +214,14 @@ def train_with_repair(
 
 
 def _plan(
-    attempt: Attempt, failure: Finding, changes: dict[str, Any], original: str
+    attempt: Attempt, failure: Finding, changes: dict[str, Any], output_dir: str
 ) -> tuple[TrainingArguments, int, str | None, str]:
     """The next attempt's arguments (the last attempt's, changed), its start step and checkpoint, and what it does:
     the steps from the checkpoint to where the failed attempt planned to end."""
     next_args = copy.deepcopy(attempt.args)
     for name, value in changes.items():
         setattr(next_args, name, value)
-    next_args.output_dir = _free_dir(original, attempt.number + 1)
+    next_args.output_dir = output_dir
     changed = _changes({name: (attempt.hyperparameters.get(name), value) for name, value in changes.items()})
     if failure.kind == OVERFITTING:  # its checkpoints are on the way to overfitting: the whole run again, shorter
         return next_args, 0, None, f"training again from the start with {changed} into {next_args.output_dir}"
@@ -245,6 +249,8 @@ def _train(
     """Build and train one attempt (after the previous Trainer is let go: one model in memory at a time)."""
     result.trainer = None
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     trainer = build(args)
     if Path(trainer.args.output_dir) != Path(attempt.output_dir):
         raise ValueError(
@@ -301,12 +307,16 @@ def _best_checkpoint(trainer: Trainer | None, failure: Finding, output_dir: str)
     return str(choice.path) if choice.path else None
 
 
-def _free_dir(original: str, number: int) -> str:
-    """``<original>-repair-<number>``, or the next number whose folder is absent or empty: never another run's."""
+def _first_free_number(original: str) -> int:
+    """The N of the first attempt's folder, ``<original>-repair-N``: past every such folder that holds anything (an
+    earlier repair's), so that no attempt writes into another run's folder."""
     base = Path(original)
-    while (candidate := base.with_name(f"{base.name}-repair-{number}")).exists() and any(candidate.iterdir()):
-        number += 1
-    return str(candidate)
+    taken = [
+        int(suffix)
+        for folder in base.parent.glob(f"{glob.escape(base.name)}-repair-*")
+        if (suffix := folder.name.rsplit("-", 1)[1]).isdigit() and folder.is_dir() and any(folder.iterdir())
+    ]
+    return max(taken, default=0) + 1
 
 
 def _changes(changes: dict[str, tuple[Any, Any]]) -> str:
