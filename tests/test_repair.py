@@ -283,3 +283,14 @@ def test_repair_flag_errors_are_one_line_exit_2(capsys, flags, message):
         parse([*flags, "--output_dir", "unused"])
     assert stopped.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_help_documents_repair_and_its_exit_status(capsys):
+    from trainwatch.train import parse
+
+    with pytest.raises(SystemExit) as stopped:
+        parse(["--help"])
+    assert stopped.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for words in ("--repair", "--max_repairs", "--retrain_overfitting", "4 (--repair) a failure no argument change"):
+        assert words in text, words

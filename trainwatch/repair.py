@@ -336,5 +336,10 @@ def _decide(result: RepairResult, status: str, line: str) -> None:
 
 
 def _write(result: RepairResult) -> None:
-    if result.attempts and (result.trainer is None or result.trainer.is_world_process_zero()):
+    """``repair.json`` beside the original's report; a disk that refuses it costs the file, never the training."""
+    if not result.attempts or (result.trainer is not None and not result.trainer.is_world_process_zero()):
+        return
+    try:
         write_json_atomic(Path(result.attempts[0].output_dir) / "trainwatch" / REPORT, result.to_dict())
+    except OSError as error:
+        logger.error("trainwatch repair: %s not written (%s); training goes on", REPORT, error)
