@@ -7,15 +7,18 @@ steps only. Plus the probe alone, on a hand-set model.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from trainwatch import Diagnoser
+from trainwatch import Diagnoser, run_inspection, train
+from trainwatch.findings import logged_cause
 from trainwatch.gradients import AFTER_EVALUATION, BASELINE, GradientProbe
-from trainwatch.testing import tiny_trainer
+from trainwatch.testing import Progressions, tiny_trainer
 
 
 class DetachAtEvaluation(TrainerCallback):
@@ -56,20 +59,26 @@ def test_a_healthy_run_is_read_on_a_few_steps_only_and_never_flagged(tmp_path) -
     )
     trainer.train()
     assert diagnoser.verdict == "healthy"
+    assert {c.name: c.status for c in diagnoser.checks}["trainable parameters"] == "pass"
     # the baseline (step 1), then two steps before and one after each of the 5 evaluations of 50 steps (no clipping:
     # a step that clipping scaled after an evaluation is read again, up to 3 times)
     assert diagnoser.probe.reads <= 1 + 5 * 3 < trainer.state.global_step / 3
 
 
-def test_zero_gradients_names_the_first_tensor_without_one(tmp_path) -> None:
-    diagnoser = Diagnoser()
-    tiny_trainer("zero_gradients", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=12).train()
+def test_zero_gradients_names_the_cause_and_the_first_tensor_without_one(tmp_path) -> None:
+    """LoRA with lora_alpha=0, the pre-flight off: the logs' zero_gradients, refined by the model to its cause."""
+    diagnoser = Diagnoser(preflight=False)
+    tiny_trainer("zero_gradients", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=7).train()
     finding = diagnoser.diagnoses[0]
-    assert finding.cause == "zero_gradients"
+    assert (finding.cause, finding.step) == ("lora_alpha_zero", 5) and logged_cause(finding.cause) == "zero_gradients"
     evidence = finding.evidence
-    assert evidence["tensors_without_gradient"] == evidence["trainable_tensors"] == 8  # lora A/B of q, v in 2 layers
-    assert evidence["first_without_gradient"] == "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert (evidence["lora_alpha"], evidence["lora_r"], evidence["zero_scaled_tensors"]) == (0, 8, 8)
+    # the gradient probe saw it too: lora A/B of q, v in 2 layers, exactly no gradient
+    assert evidence["tensors_without_gradient"] == evidence["trainable_tensors"] == 8
+    assert evidence["first_without_gradient"] == "model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert "LoRA's scaling lora_alpha / r is 0 (lora_alpha=0, r=8)" in finding.summary
     assert "8 of 8 trainable tensors receive no gradient, first model.layers.0.self_attn.q_proj.lora_A" in finding.summary
+    assert finding.fixes[0].startswith("set LoRA's alpha: lora_alpha 0 → 16 (2 × r, r = 8)")
 
 
 def test_non_finite_names_where_the_nan_is(tmp_path) -> None:
@@ -82,9 +91,145 @@ def test_non_finite_names_where_the_nan_is(tmp_path) -> None:
     # A 0/0 loss makes every gradient NaN, and clipping spreads a NaN norm anyway: no single tensor is blamed.
     assert evidence["tensors_with_non_finite_gradient"] == evidence["trainable_tensors"]
     assert evidence["first_non_finite_gradient"] is None
-    assert evidence["first_non_finite_weight"] == "model.embed_tokens.weight"  # read at once, at the decision
+    assert evidence["tensors_with_non_finite_weights"] == 21 and evidence["first_non_finite_weight"] is None
     assert evidence["gradient_probe_step"] == finding.step + 1
     assert "every one of the 21 trainable tensors has a non-finite gradient" in finding.summary
+
+
+class NaNFromStep(TrainerCallback):
+    """From optimizer step ``step`` on, one decoder layer's MLP returns NaN: a forward pass gone non-finite."""
+
+    def __init__(self, step: int, layer: int = 1) -> None:
+        self.step, self.layer, self.handle = step, layer, None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step + 1 == self.step and self.handle is None:
+            mlp = model.model.layers[self.layer].mlp
+            self.handle = mlp.register_forward_hook(lambda module, inputs, out: out * math.nan)
+
+
+def test_a_nan_born_in_one_layer_is_decided_at_its_step_and_blames_no_single_tensor(tmp_path) -> None:
+    """A NaN in layer 1's output makes the loss NaN, so every gradient is NaN (the backward starts from it), and the
+    optimizer writes NaN into every weight: the gradients and weights read after it cannot say where it was born,
+    and the report says so rather than name the first tensor in module order."""
+    diagnoser = Diagnoser()
+    tiny_trainer("healthy", str(tmp_path), callbacks=[NaNFromStep(4), diagnoser], report_to=[], max_steps=6,
+                 eval_strategy="no").train()
+    finding = diagnoser.diagnoses[0]
+    assert (finding.kind, finding.cause, finding.step) == ("exploding", "non_finite", 4)
+    evidence = finding.evidence
+    assert evidence["tensors_with_non_finite_gradient"] == evidence["tensors_with_non_finite_weights"] == 21
+    assert evidence["first_non_finite_gradient"] is None and evidence["first_non_finite_weight"] is None
+    assert "every one of the 21 trainable tensors has non-finite weights" in finding.summary
+
+
+# -- why no gradient can flow, told from the model ---------------------------------------------------------------
+def with_lora(model, **config):
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], **config))
+
+
+def report_of(trainer) -> dict:
+    return json.loads((Path(trainer.args.output_dir) / "trainwatch" / "diagnosis.json").read_text())
+
+
+def grad_norms(trainer) -> list[float]:
+    return [e["grad_norm"] for e in trainer.state.log_history if "grad_norm" in e]
+
+
+def test_nothing_trainable_is_told_before_the_first_backward_pass_crashes(tmp_path) -> None:
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[Diagnoser(stop_on=("flat",))], report_to=[],
+                           max_steps=3, eval_strategy="no")
+    trainer.model.requires_grad_(False)
+    with pytest.raises(RuntimeError, match="does not require grad"):  # torch's words, at the first backward pass
+        trainer.train()
+    report = report_of(trainer)  # written by the pre-flight, before the crash
+    (finding,) = report["diagnoses"]
+    assert (finding["cause"], finding["step"], finding["evidence"]["decided_by"]) == ("nothing_trainable", 0, "pre-flight")
+    assert finding["summary"] == "none of the 21 parameter tensors requires grad, and the model has no adapters"
+    check = {c["name"]: c for c in report["preflight"]["checks"]}["trainable parameters"]
+    assert check["status"] == "fail" and check["fix"] == finding["fixes"][0] and "get_peft_model" in check["fix"]
+
+
+def test_a_frozen_model_whose_inputs_require_grad_is_refined_from_zero_gradients(tmp_path) -> None:
+    """Frozen, but its input embeddings' output requires grad: the backward runs and every grad norm is exactly 0.
+    With the pre-flight off, the logs decide zero_gradients and the model names the cause."""
+    diagnoser = Diagnoser(preflight=False)
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=6, eval_strategy="no")
+    trainer.model.requires_grad_(False)
+    trainer.model.enable_input_require_grads()
+    trainer.train()
+    assert set(grad_norms(trainer)) == {0.0}
+    (finding,) = diagnoser.diagnoses
+    assert (finding.cause, finding.step) == ("nothing_trainable", 5)
+    assert finding.summary.startswith("the grad norm has been exactly 0.0 since step 1")
+    assert finding.summary.endswith("none of the 21 parameter tensors requires grad, and the model has no adapters")
+
+
+def test_lora_a_and_b_both_zero_is_told_before_the_first_step(tmp_path) -> None:
+    diagnoser = Diagnoser(stop_on=("flat",))
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=10, eval_strategy="no")
+    trainer.model = trainer.model_wrapped = with_lora(trainer.model)
+    for name, p in trainer.model.named_parameters():
+        if "lora_A" in name:
+            p.data.zero_()  # lora_B starts at 0: each one's gradient is the other's product
+    trainer.train()
+    assert trainer.state.global_step == 1 and grad_norms(trainer) == [0.0]  # stopped after Trainer's first step
+    (finding,) = diagnoser.diagnoses
+    assert (finding.cause, finding.step) == ("lora_weights_zero", 0)
+    assert finding.evidence["zero_adapter_tensors"] == 8
+    assert finding.evidence["first_without_gradient"] == "model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert "init_lora_weights=True" in finding.fixes[0]
+
+
+def test_reentrant_checkpointing_without_input_grads_names_the_adapters_it_cuts_off(tmp_path) -> None:
+    """Checkpointed reentrantly with no input that requires grad, a layer passes its adapters no gradient; the
+    lm_head trained beside them (modules_to_save) still learns, so the grad norm and the loss look healthy.
+    Transformers adds the input-grad hook when it enables checkpointing on a model fed input_ids; a model fed
+    pixel values or audio features gets none, as this one does once the hook is removed."""
+    diagnoser = Diagnoser(stop_on=("flat",))
+    trainer = tiny_trainer("healthy", str(tmp_path), callbacks=[diagnoser], report_to=[], max_steps=10, eval_strategy="no")
+    model = with_lora(trainer.model, modules_to_save=["lm_head"])
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    assert run_inspection.blocked_gradients(model) is None  # with transformers' hook the inputs require grad
+    model.disable_input_require_grads()
+    trainer.model = trainer.model_wrapped = model
+    trainer.train()
+    (finding,) = diagnoser.diagnoses
+    assert (finding.cause, finding.step) == ("checkpointing_without_input_grads", 0)
+    evidence = finding.evidence
+    assert (evidence["reentrant_layers"], evidence["tensors_in_reentrant_layers"], evidence["trainable_tensors"]) == (2, 8, 9)
+    assert evidence["first_without_gradient"] == "model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert "{'use_reentrant': False}" in finding.fixes[0]
+    # what really happened at step 1, read by the probe: no gradient in any adapter, the lm_head learning
+    reading = diagnoser.probe.latest
+    levels = dict(zip(reading.names, reading.levels))
+    assert reading.step == 1 and grad_norms(trainer)[0] > 0
+    assert [v for n, v in levels.items() if "lora_" in n] == [0.0] * 8
+    assert levels["base_model.model.lm_head.modules_to_save.default.weight"] > 0
+
+
+def test_a_4bit_model_prepared_twice_for_kbit_training_has_its_adapters_frozen(tmp_path) -> None:
+    """The reference run's QLoRA model (the shipped tiny model in 4-bit NF4, prepared, then LoRA), prepared once more:
+    prepare_model_for_kbit_training freezes every parameter, the adapters included."""
+    pytest.importorskip("bitsandbytes")
+    from peft import prepare_model_for_kbit_training
+
+    script, args = train.parse(["--use_cpu", "true", "--output_dir", str(tmp_path)])
+    model = prepare_model_for_kbit_training(train.load_model(script, args))
+    diagnoser = Diagnoser(stop_on=("flat",))
+    settings = TrainingArguments(str(tmp_path), max_steps=5, per_device_train_batch_size=2, logging_steps=1,
+                                 use_cpu=True, report_to=[], save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model=model, args=settings, train_dataset=Progressions(8), callbacks=[diagnoser])
+    trainer.train()
+    assert trainer.state.global_step == 1 and grad_norms(trainer) == [0.0]
+    (finding,) = diagnoser.diagnoses
+    assert (finding.cause, finding.step) == ("frozen_by_kbit_prepare", 0)
+    assert finding.evidence["frozen_adapter_tensors"] == 32  # lora A/B of q, k, v, o in 4 layers
+    assert finding.evidence["first_frozen"] == "model.layers.0.self_attn.q_proj.lora_A.default.weight"
+    assert "called after get_peft_model (the model prepared twice)" in finding.summary
+    assert finding.fixes[0].startswith("prepare the model once, before adding the adapters")
 
 
 # -- the probe alone ------------------------------------------------------------------------------------------------

@@ -28,7 +28,15 @@ from trainwatch.checkpoints import Choice, checkpoint_for
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import EXPLODING, FLAT, KINDS, OVERFITTING, Finding
 from trainwatch.fixes import fixes_for
-from trainwatch.gradients import BEFORE_EVALUATION, GradientProbe, cut_finding, localized, sharded
+from trainwatch.gradients import (
+    BEFORE_EVALUATION,
+    GradientProbe,
+    blockage_finding,
+    cut_finding,
+    localized,
+    refined,
+    sharded,
+)
 from trainwatch.history import GRAD_NORM, LOSS, REINFORCEMENT, Facts, objective_from_args
 from trainwatch.report import format_finding, to_json, write_json_atomic
 
@@ -70,7 +78,8 @@ class DiagnosisCallback(TrainerCallback):
             ``early_loss_step``; its items go into the report and ``diagnosis.json``. A train set in which no
             example has a target token fails the checklist before the first step and is decided "flat" (cause
             ``no_target_tokens``) there, from the data, before the logs could show it; with "flat" in ``stop_on``
-            training stops (Trainer reads the stop flag after its first step only).
+            training stops (Trainer reads the stop flag after its first step only). So is a model no gradient can
+            reach, with its cause (``nothing_trainable``, ``lora_alpha_zero``, ...: :mod:`trainwatch.gradients`).
         early_loss_step: the step at which the loss must be lower than at the start.
         probe_gradients: read the trainable parameters' gradients on the few steps that need it
             (:mod:`trainwatch.gradients`): the first steps, around each evaluation, after a grad norm of 0, NaN/inf
@@ -294,8 +303,11 @@ class DiagnosisCallback(TrainerCallback):
         self._run_facts = {"effective_batch_size": checklist.effective_batch_size(args), "expected_total_steps": total}
         max_length = self.max_seq_length or getattr(args, "max_length", None) or getattr(args, "max_seq_length", None)
         with_targets, count, data_checks = run_inspection.inspect_data(args, model, hooks, max_length)
+        params = self.engine.history.facts.hyperparameters
+        trainable, blockage = run_inspection.check_trainable(model, params)
         checks = [
             *data_checks,
+            trainable,
             checklist.check_precision(
                 args, cuda=run_inspection.on_cuda(args), bf16_supported=run_inspection.bf16_supported(args)
             ),
@@ -312,6 +324,10 @@ class DiagnosisCallback(TrainerCallback):
                                                 f"expected total steps {total}")
         if with_targets == 0 and state.global_step == 0:
             self._no_targets(count, state, control)
+        elif blockage is not None and state.global_step == 0 and FLAT in self.kinds:
+            finding = blockage_finding(blockage, state.global_step, params, "pre-flight")  # certain before any step
+            self.engine.add_findings([finding])
+            self._act(finding, state, control)
 
     def _no_targets(self, count: checklist.TargetCount | None, state: TrainerState, control: TrainerControl) -> None:
         """No example can teach anything: decide "flat" now, with the counted evidence, instead of after steps."""
@@ -357,9 +373,11 @@ class DiagnosisCallback(TrainerCallback):
             extra.update(probe.non_finite_weights(model))  # readable at once, armed or not
         if evidence is None:
             self._unlocalized.append(finding)
-        if not extra:
+        zero = finding.cause == "zero_gradients" and model is not None
+        blockage = run_inspection.blocked_gradients(model) if zero else None  # the cause the configuration shows
+        if not extra and blockage is None:
             return finding
-        enriched = localized(finding, extra)
+        enriched = localized(refined(finding, blockage, self.engine.history.facts.hyperparameters), extra)
         for i, known in enumerate(self.engine.findings):
             if known is finding:
                 self.engine.findings[i] = enriched

@@ -11,6 +11,22 @@ FLAT = "flat"
 OVERFITTING = "overfitting"
 HEALTHY = "healthy"
 KINDS = (EXPLODING, FLAT, OVERFITTING)
+ZERO_GRADIENTS = "zero_gradients"
+NOTHING_TRAINABLE = "nothing_trainable"
+FROZEN_BY_KBIT_PREPARE = "frozen_by_kbit_prepare"
+LORA_ALPHA_ZERO = "lora_alpha_zero"
+LORA_WEIGHTS_ZERO = "lora_weights_zero"
+CHECKPOINTING_WITHOUT_INPUT_GRADS = "checkpointing_without_input_grads"
+LOGGED_CAUSE = {
+    NOTHING_TRAINABLE: ZERO_GRADIENTS,
+    FROZEN_BY_KBIT_PREPARE: ZERO_GRADIENTS,
+    LORA_ALPHA_ZERO: ZERO_GRADIENTS,
+    LORA_WEIGHTS_ZERO: ZERO_GRADIENTS,
+    CHECKPOINTING_WITHOUT_INPUT_GRADS: ZERO_GRADIENTS,
+}
+"""Causes told from the model itself (its ``requires_grad`` flags, LoRA scaling and weights, checkpointing), read
+live, and the cause its logs alone give when no gradient reaches anything (a grad norm of exactly 0): a replay of
+those logs gives that one."""
 HIGH, MEDIUM = "high", "medium"
 """A finding's confidence: ``high`` for the lesson's absolute signs (NaN, ≥ 100, train < 0.1 with val > 1.0) and
 changes far above the run's own noise (or confirmed by a second signal); ``medium`` for changes just above it."""
@@ -50,6 +66,11 @@ def _json_number(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     return value
+
+
+def logged_cause(cause: str) -> str:
+    """The cause the logs alone give for a run whose model shows ``cause`` (``cause`` itself for most)."""
+    return LOGGED_CAUSE.get(cause, cause)
 
 
 def verdict(findings: list[Finding]) -> str:

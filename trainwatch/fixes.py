@@ -228,12 +228,86 @@ def _frozen_layers(params: Params, objective: str | None = None) -> list[str]:
     ]
 
 
+def _lora_alpha(params: Params) -> str:
+    """``lora_alpha current → 2 × r``: the usual scaling of 2."""
+    rank = params.get("lora_r")
+    if isinstance(rank, (int, float)) and rank > 0:
+        return _change(params, "lora_alpha", 2 * rank) + f" (2 × r, r = {_num(rank)})"
+    return _change(params, "lora_alpha", 16) + " (2 × r for r = 8)"
+
+
+def _nothing_trainable(params: Params, objective: str | None = None) -> list[str]:
+    rank = params.get("lora_r") if isinstance(params.get("lora_r"), (int, float)) else 8
+    return [
+        (
+            f"give the model adapters to train: model = get_peft_model(model, LoraConfig(r={_num(rank)}, "
+            f"lora_alpha={_num(2 * rank)}, target_modules='all-linear', task_type='CAUSAL_LM')), then "
+            "model.print_trainable_parameters() must show > 0 trainable"
+        ),
+        (
+            "training an adapter you loaded: PeftModel.from_pretrained(base, path, is_trainable=True) (without it "
+            "PEFT loads the adapter for inference, frozen)"
+        ),
+        "if you froze parameters yourself, unfreeze the ones to train (p.requires_grad_(True)) before building the Trainer",
+    ]
+
+
+def _frozen_by_kbit_prepare(params: Params, objective: str | None = None) -> list[str]:
+    return [
+        (
+            "prepare the model once, before adding the adapters: model = prepare_model_for_kbit_training(model), "
+            "then model = get_peft_model(model, lora_config); calling it on the PEFT model freezes every parameter, "
+            "adapters included"
+        ),
+        (
+            "or make the adapters trainable again: for name, p in model.named_parameters(): "
+            "p.requires_grad_('lora_' in name); then model.print_trainable_parameters() must show > 0 trainable"
+        ),
+    ]
+
+
+def _lora_alpha_zero(params: Params, objective: str | None = None) -> list[str]:
+    return [
+        "set LoRA's alpha: " + _lora_alpha(params) + "; the adapters' output is scaled by lora_alpha / r, and at 0 "
+        "they neither change the model nor get a gradient",
+        "check alpha_pattern and any set_scale()/scale_layer(0) call that turns an adapter's scaling to 0",
+    ]
+
+
+def _lora_weights_zero(params: Params, objective: str | None = None) -> list[str]:
+    return [
+        (
+            "start from freshly initialised adapters: LoraConfig(init_lora_weights=True) draws lora_A at random and "
+            "sets lora_B to 0; with both at 0 neither ever gets a gradient"
+        ),
+        "if you loaded the adapter from disk, check the file: an adapter saved with every weight 0 trains nothing",
+    ]
+
+
+def _checkpointing_without_input_grads(params: Params, objective: str | None = None) -> list[str]:
+    return [
+        (
+            "checkpoint without reentrancy: activation_checkpointing_kwargs={'use_reentrant': True} → "
+            "{'use_reentrant': False} (TrainingArguments, or model.activation_checkpointing_enable(...))"
+        ),
+        (
+            "or keep it reentrant and make the inputs require grad: model.enable_input_require_grads() after "
+            "enabling checkpointing (and after anything that replaces the input embeddings)"
+        ),
+    ]
+
+
 FIXES: dict[str, Callable[[Params, str | None], list[str]]] = {
     "non_finite": _exploding,
     "lr_too_high": _exploding,
     "no_target_tokens": _no_target_tokens,
     "zero_gradients": _zero_gradients,
     "frozen_layers": _frozen_layers,
+    "nothing_trainable": _nothing_trainable,
+    "frozen_by_kbit_prepare": _frozen_by_kbit_prepare,
+    "lora_alpha_zero": _lora_alpha_zero,
+    "lora_weights_zero": _lora_weights_zero,
+    "checkpointing_without_input_grads": _checkpointing_without_input_grads,
     "lr_too_low": _lr_too_low,
     "no_reward_signal": _no_reward_signal,
     "memorization": _overfitting,

@@ -21,7 +21,16 @@ ranks (so every rank reads the same values and takes the same decision without a
 clipping. Clipping scales every gradient by one factor, which keeps zeros zero and ratios between reads honest,
 but a non-finite total norm spreads: a NaN turns every gradient NaN, an inf turns the finite ones to 0. So a read
 with any non-finite gradient is used to localise the fault, never to judge which tensors stopped learning, and
-"the first non-finite gradient" is only named when not every tensor is non-finite.
+"the first non-finite gradient" is only named when not every tensor is non-finite. A NaN born in the forward pass
+(one layer's output) makes the loss NaN and so every gradient, and the optimizer then writes it into every weight:
+no read after it can tell where it was born, and none is named.
+
+Some runs cannot get a gradient to (some of) their trainable tensors at all, and the model's configuration shows why
+before any step: nothing requires grad, LoRA scaled by ``lora_alpha=0``, LoRA's A and B both zero, adapters frozen by
+a second ``prepare_model_for_kbit_training``, reentrant checkpointing without inputs that require grad.
+:func:`trainwatch.run_inspection.gradient_path` reads those facts into a :class:`GradientPath`, and
+:func:`why_no_gradient` decides the cause from them alone; the pre-flight decides it before the first step, and a
+``zero_gradients`` finding decided from the logs is refined with it.
 """
 
 from __future__ import annotations
@@ -35,7 +44,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainwatch.findings import FLAT, Finding
+from trainwatch.findings import (
+    CHECKPOINTING_WITHOUT_INPUT_GRADS,
+    FLAT,
+    FROZEN_BY_KBIT_PREPARE,
+    LORA_ALPHA_ZERO,
+    LORA_WEIGHTS_ZERO,
+    NOTHING_TRAINABLE,
+    Finding,
+)
 from trainwatch.fixes import fixes_for
 
 BASELINE = "baseline"
@@ -324,7 +341,8 @@ class GradientProbe:
         return evidence
 
     def non_finite_weights(self, model: Any) -> dict[str, Any]:
-        """The trainable tensors whose values are non-finite now (read once, when a non-finite loss is decided)."""
+        """The trainable tensors whose values are non-finite now (read once, when a non-finite loss is decided); the
+        first is named only when not every one is (the optimizer spreads a NaN gradient to every weight)."""
         import torch
 
         params = self._trainable(model)
@@ -341,7 +359,7 @@ class GradientProbe:
         order = {n: i for i, n in enumerate(names)}
         bad.sort(key=order.__getitem__)
         return {"trainable_tensors": len(params), "tensors_with_non_finite_weights": len(bad),
-                "first_non_finite_weight": bad[0] if bad else None}
+                "first_non_finite_weight": bad[0] if 0 < len(bad) < len(tensors) else None}
 
 
 def short_names(names: Iterable[str], limit: int) -> list[str]:
@@ -410,6 +428,132 @@ def cut_finding(cut: Cut, model: Any, params: Any, limit: int) -> Finding:
     return dataclasses.replace(finding, confidence="medium")  # a collapse of unknown cause
 
 
+# -- why no gradient can reach the adapters: read from the model before a step, decided here ----------------------
+@dataclass(frozen=True)
+class GradientPath:
+    """What decides, before any step, whether a backward pass can reach the trainable tensors: read from the model by
+    :func:`trainwatch.run_inspection.gradient_path`, plain values, so that :func:`why_no_gradient` is pure."""
+
+    parameters: int
+    """Parameter tensors in the model."""
+    trainable: tuple[str, ...] = ()
+    """Tensors with ``requires_grad``, in module order."""
+    adapters: tuple[str, ...] = ()
+    """The LoRA layers' own tensors (``lora_A``, ``lora_B``, DoRA's magnitude), trainable or not."""
+    adapters_for_inference: bool = False
+    """PEFT's config says ``inference_mode`` (``PeftModel.from_pretrained`` without ``is_trainable=True``)."""
+    quantized: bool = False
+    """A 4- or 8-bit base."""
+    lora_r: float | None = None
+    lora_alpha: float | None = None
+    zero_scaled: tuple[str, ...] = ()
+    """``lora_A``/``lora_B`` tensors of layers whose scaling (``lora_alpha / r``) is 0."""
+    zero_lora: tuple[str, ...] = ()
+    """``lora_A``/``lora_B`` tensors of layers in which both are all zero."""
+    reentrant_layers: tuple[str, ...] = ()
+    """Layers checkpointed with ``use_reentrant=True`` (torch's default when it is not given)."""
+    inputs_require_grad: bool = True
+    """Whether the input embeddings' output may require grad: a trainable embedding, or a forward hook on it (such as
+    the one ``enable_input_require_grads()`` adds)."""
+    in_reentrant_layers: tuple[str, ...] = ()
+    """Trainable tensors inside the reentrant layers."""
+    elsewhere: tuple[str, ...] = ()
+    """Trainable tensors neither inside them nor in the output embeddings (which run after every layer)."""
+
+
+@dataclass(frozen=True)
+class Blockage:
+    """Why (some of) the trainable tensors can receive no gradient, and which."""
+
+    cause: str
+    summary: str
+    tensors: tuple[str, ...]
+    """The tensors that can receive none, in module order (empty: there is nothing trainable)."""
+    evidence: dict[str, Any]
+
+
+def why_no_gradient(path: GradientPath, limit: int = 8) -> Blockage | None:
+    """The cause, decided only where the configuration leaves no doubt (None: no gradient path is blocked).
+
+    - nothing requires grad: ``frozen_by_kbit_prepare`` when the frozen tensors include LoRA's on a 4/8-bit base that
+      PEFT does not mark for inference (``prepare_model_for_kbit_training`` freezes every parameter, so called after
+      ``get_peft_model`` it freezes the adapters), else ``nothing_trainable``;
+    - every trainable LoRA tensor sits in a layer scaled by 0 (``lora_alpha=0``): ``lora_alpha_zero``; or in a layer
+      whose ``lora_A`` and ``lora_B`` are both zero (each one's gradient is the other's product, 0): ``lora_weights_zero``;
+    - trainable tensors inside layers checkpointed reentrantly while the input embeddings' output does not require
+      grad and nothing trainable runs before them: the reentrant checkpoint passes them no gradient
+      (``checkpointing_without_input_grads``).
+    """
+    count = {"trainable_tensors": len(path.trainable), "parameter_tensors": path.parameters}
+    if not path.trainable:
+        frozen = len(path.adapters)
+        if frozen and path.quantized and not path.adapters_for_inference:
+            summary = (f"none of the {path.parameters} parameter tensors requires grad, the {frozen} LoRA tensors "
+                       "included, on a 4/8-bit base: prepare_model_for_kbit_training freezes every parameter, so "
+                       "called after get_peft_model (the model prepared twice) it froze the adapters")
+            return Blockage(FROZEN_BY_KBIT_PREPARE, summary, path.adapters,
+                            {**count, "frozen_adapter_tensors": frozen, "first_frozen": _short(path.adapters[0])})
+        if frozen:
+            how = ("PEFT loaded them for inference (inference_mode: PeftModel.from_pretrained without is_trainable=True)"
+                   if path.adapters_for_inference else "they were frozen")
+            summary = f"none of the {path.parameters} parameter tensors requires grad, the {frozen} LoRA tensors included: {how}"
+        else:
+            summary = f"none of the {path.parameters} parameter tensors requires grad, and the model has no adapters"
+        return Blockage(NOTHING_TRAINABLE, summary, (), {**count, "frozen_adapter_tensors": frozen,
+                                                        "adapters_for_inference": path.adapters_for_inference})
+    adapters = set(path.adapters)
+    lora = [n for n in path.trainable if n in adapters]
+    if lora and set(lora) <= set(path.zero_scaled):
+        alpha = f"lora_alpha={_num(path.lora_alpha)}, r={_num(path.lora_r)}" if path.lora_alpha is not None else "scaling 0"
+        summary = (f"LoRA's scaling lora_alpha / r is 0 ({alpha}): every adapter's output is multiplied by 0, so none "
+                   f"of its {len(lora)} tensors gets a gradient, first {_short(lora[0])}")
+        return Blockage(LORA_ALPHA_ZERO, summary, tuple(lora), {
+            **count, "lora_alpha": path.lora_alpha, "lora_r": path.lora_r, "zero_scaled_tensors": len(lora),
+            "first_without_gradient": _short(lora[0]), "blocked": short_names(lora, limit)})
+    if lora and set(lora) <= set(path.zero_lora):
+        summary = (f"every LoRA layer's lora_A and lora_B are both all zero: the gradient of each is the other's "
+                   f"product, 0, so none of the {len(lora)} adapter tensors ever leaves zero, first {_short(lora[0])}")
+        return Blockage(LORA_WEIGHTS_ZERO, summary, tuple(lora), {
+            **count, "zero_adapter_tensors": len(lora), "first_without_gradient": _short(lora[0]),
+            "blocked": short_names(lora, limit)})
+    inside = path.in_reentrant_layers
+    if inside and not path.inputs_require_grad and not path.elsewhere:
+        layers = path.reentrant_layers
+        summary = (f"{len(inside)} of {len(path.trainable)} trainable tensors sit in the {len(layers)} layers "
+                   f"checkpointed with use_reentrant=True ({_short(layers[0])}, ...), whose inputs do not require grad "
+                   "(frozen input embeddings, no enable_input_require_grads()): a reentrant checkpoint passes them no "
+                   f"gradient, first {_short(inside[0])}")
+        return Blockage(CHECKPOINTING_WITHOUT_INPUT_GRADS, summary, inside, {
+            **count, "reentrant_layers": len(layers), "tensors_in_reentrant_layers": len(inside),
+            "first_without_gradient": _short(inside[0]), "blocked": short_names(inside, limit)})
+    return None
+
+
+def blockage_finding(blockage: Blockage, step: int, params: Any, decided_by: str) -> Finding:
+    """"flat"/``blockage.cause``, decided at ``step`` from the model's configuration (``decided_by``)."""
+    evidence = {"decided_by": decided_by, **blockage.evidence}
+    return Finding(FLAT, blockage.cause, step, blockage.summary, evidence, fixes_for(blockage.cause, params))
+
+
+def refined(finding: Finding, blockage: Blockage | None, params: Any) -> Finding:
+    """A ``zero_gradients`` finding with the cause the model's configuration shows, its evidence and its fixes
+    (unchanged when there is none)."""
+    if blockage is None:
+        return finding
+    return dataclasses.replace(
+        finding, cause=blockage.cause, summary=f"{finding.summary}; {blockage.summary}",
+        evidence={**finding.evidence, **blockage.evidence}, fixes=fixes_for(blockage.cause, params),
+    )
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("base_model.model.")
+
+
+def _num(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
 def localized(finding: Finding, extra: dict[str, Any]) -> Finding:
     """``finding`` with the probe's evidence (``extra``) on the first tensor concerned, told in its summary too."""
     notes = []
@@ -418,14 +562,15 @@ def localized(finding: Finding, extra: dict[str, Any]) -> Finding:
         bad, first = extra["tensors_with_non_finite_gradient"], extra.get("first_non_finite_gradient")
         notes.append(f"first non-finite gradient in {short_names([first], 1)[0]} ({bad} of {total} trainable tensors)"
                      if first else f"every one of the {total} trainable tensors has a non-finite gradient")
-    elif finding.cause == "zero_gradients" and extra.get("tensors_without_gradient"):
+    elif finding.kind == FLAT and extra.get("tensors_without_gradient"):
         none, first = extra["tensors_without_gradient"], extra.get("first_without_gradient")
         notes.append(f"{none} of {total} trainable tensors receive no gradient, first {short_names([first], 1)[0]}")
     if "gradient_probe_step" in extra and notes:
         notes[-1] += f" (gradient probe at step {extra['gradient_probe_step']})"
     if extra.get("tensors_with_non_finite_weights"):
-        notes.append(f"first non-finite weight in {short_names([extra['first_non_finite_weight']], 1)[0]} "
-                     f"({extra['tensors_with_non_finite_weights']} of {total} trainable tensors)")
+        bad, first = extra["tensors_with_non_finite_weights"], extra.get("first_non_finite_weight")
+        notes.append(f"first non-finite weight in {short_names([first], 1)[0]} ({bad} of {total} trainable tensors)"
+                     if first else f"every one of the {total} trainable tensors has non-finite weights")
     summary = finding.summary + ("; " + "; ".join(notes) if notes else "")
     evidence = {**finding.evidence, **{k: v for k, v in extra.items() if k not in finding.evidence}}
     return dataclasses.replace(finding, summary=summary, evidence=evidence)

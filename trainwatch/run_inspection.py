@@ -1,5 +1,6 @@
 """What the pre-flight reads from a live run: its data (collated as the run collates it), memory, precision and
-model, each reduced over the ranks where a rank measures it alone, so that every rank decides alike.
+model (which tensors can be trained, and whether a gradient can reach them), each reduced over the ranks where a rank
+measures it alone, so that every rank decides alike.
 
 The checks themselves are pure and live in :mod:`trainwatch.preflight`; :class:`~trainwatch.callbacks.Diagnoser`
 calls these to feed them.
@@ -13,6 +14,8 @@ from typing import Any
 from transformers import TrainerState, TrainingArguments
 
 from trainwatch import preflight as checklist
+from trainwatch.fixes import fixes_for
+from trainwatch.gradients import Blockage, GradientPath, why_no_gradient
 
 
 def inspect_data(
@@ -134,3 +137,133 @@ def steps_per_epoch(state: TrainerState, args: TrainingArguments, loader: Any = 
         return max(1, len(loader) // args.gradient_accumulation_steps)
     except TypeError:
         return max(1, math.ceil(state.max_steps / max(state.num_train_epochs, 1)))
+
+
+# -- the gradient path ------------------------------------------------------------------------------------------------
+TRAINABLE = "trainable parameters"
+_LORA_WEIGHTS = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
+
+
+def check_trainable(model: Any, params: Any) -> tuple[checklist.Check, Blockage | None]:
+    """The checklist item "trainable parameters": how many, and whether a gradient can reach them; with the
+    :class:`~trainwatch.gradients.Blockage` when one cannot (a run that would learn nothing, or crash on its first
+    backward pass with "element 0 of tensors does not require grad")."""
+    path = gradient_path(model)
+    if path is None:
+        return checklist.Check(TRAINABLE, checklist.SKIP, "the model's parameters cannot be read here"), None
+    blockage = why_no_gradient(path)
+    if blockage is not None:
+        fixes = fixes_for(blockage.cause, params)
+        return checklist.Check(TRAINABLE, checklist.FAIL, blockage.summary, fixes[0] if fixes else ""), blockage
+    # DeepSpeed ZeRO-3 keeps a partitioned tensor's full size in ds_numel
+    trainable = sum(getattr(p, "ds_numel", None) or p.numel() for p in model.parameters() if p.requires_grad)
+    detail = f"{len(path.trainable)} of {path.parameters} tensors train ({trainable:,} parameters), and a gradient can reach them"
+    return checklist.Check(TRAINABLE, checklist.PASS, detail), None
+
+
+def blocked_gradients(model: Any) -> Blockage | None:
+    """Why no gradient can reach (some of) the model's trainable tensors, when its configuration shows it."""
+    path = gradient_path(model)
+    return why_no_gradient(path) if path is not None else None
+
+
+def gradient_path(model: Any) -> GradientPath | None:
+    """Read what decides whether a backward pass reaches the trainable tensors: ``requires_grad`` flags, the LoRA
+    layers' scaling and weights, PEFT's config, a 4/8-bit base, reentrant checkpointing and whether the input
+    embeddings' output requires grad. None for a model whose parameters cannot be read."""
+    named = getattr(model, "named_parameters", None)
+    if not callable(named):
+        return None
+    parameters = list(named())
+    trainable = tuple(n for n, p in parameters if p.requires_grad)
+    modules = dict(model.named_modules())
+    adapters, zero_scaled, zero_lora = _lora_tensors(modules)
+    config = next(iter((getattr(model, "peft_config", None) or {}).values()), None)
+    reentrant = tuple(name for name, module in modules.items() if _reentrant(module))
+    inside = tuple(n for n in trainable if any(n.startswith(layer + ".") for layer in reentrant))
+    output = _module_name(modules, model, "get_output_embeddings")
+    elsewhere = tuple(n for n in trainable if n not in inside and not (output and n.startswith(output + ".")))
+    return GradientPath(
+        parameters=len(parameters),
+        trainable=trainable,
+        adapters=adapters,
+        adapters_for_inference=bool(getattr(config, "inference_mode", False)),
+        quantized=quantized(model),
+        lora_r=_number(getattr(config, "r", None)),
+        lora_alpha=_number(getattr(config, "lora_alpha", None)),
+        zero_scaled=zero_scaled,
+        zero_lora=zero_lora,
+        reentrant_layers=reentrant,
+        inputs_require_grad=_inputs_require_grad(model),
+        in_reentrant_layers=inside,
+        elsewhere=elsewhere,
+    )
+
+
+def _lora_tensors(modules: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """The LoRA layers' tensors; those of an adapter scaled by 0; those of an adapter whose A and B are both zero."""
+    adapters: list[str] = []
+    zero_scaled: list[str] = []
+    zero_lora: list[str] = []
+    for name, module in modules.items():
+        scaling = getattr(module, "scaling", None)
+        if not (isinstance(scaling, dict) and hasattr(module, "lora_A")):
+            continue
+        own = [(n, p) for n, p in module.named_parameters(prefix=name) if ".lora_" in n]
+        adapters += [n for n, _ in own]
+        for adapter, scale in scaling.items():
+            weights = [(n, p) for n, p in own if _is_lora_weight(n, name, adapter)]
+            if scale == 0:
+                zero_scaled += [n for n, _ in weights]
+            readable = weights and all(p.numel() for _, p in weights)  # not partitioned away (DeepSpeed ZeRO-3)
+            if readable and not any(bool(p.detach().any()) for _, p in weights):
+                zero_lora += [n for n, _ in weights]
+    return tuple(adapters), tuple(zero_scaled), tuple(zero_lora)
+
+
+def _is_lora_weight(name: str, layer: str, adapter: str) -> bool:
+    """``layer.lora_A.<adapter>.weight``, ``layer.lora_embedding_B.<adapter>`` and the like."""
+    parts = name.removeprefix(layer + ".").split(".")
+    return len(parts) >= 2 and parts[0] in _LORA_WEIGHTS and parts[1] == adapter
+
+
+def _reentrant(module: Any) -> bool:
+    """A transformers layer checkpointed with ``use_reentrant=True`` (or unset: torch's default is then True)."""
+    if not getattr(module, "gradient_checkpointing", False):
+        return False
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    if not isinstance(module, GradientCheckpointingLayer):
+        return False
+    checkpoint = getattr(module, "_gradient_checkpointing_func", None)
+    import torch.utils.checkpoint
+
+    if getattr(checkpoint, "func", None) is not torch.utils.checkpoint.checkpoint:
+        return False  # offloaded, or someone's own function: not known to be reentrant
+    return getattr(checkpoint, "keywords", {}).get("use_reentrant", True) in (True, None)
+
+
+def _inputs_require_grad(model: Any) -> bool:
+    """A trainable input embedding, or one with a forward hook (``enable_input_require_grads()`` adds one)."""
+    getter = getattr(model, "get_input_embeddings", None)
+    try:
+        embeddings = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        embeddings = None
+    if embeddings is None:
+        return True  # unknown: not evidence of the contrary
+    hooked = bool(getattr(embeddings, "_forward_hooks", None))
+    return hooked or any(p.requires_grad for p in embeddings.parameters())
+
+
+def _module_name(modules: dict[str, Any], model: Any, getter_name: str) -> str | None:
+    getter = getattr(model, getter_name, None)
+    try:
+        module = getter() if callable(getter) else None
+    except (NotImplementedError, AttributeError):
+        return None
+    return next((name for name, m in modules.items() if m is module), None)
+
+
+def _number(value: Any) -> float | None:
+    return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
