@@ -1,9 +1,11 @@
 """Post-hoc diagnosis: what a finished (or crashed) run left on disk, judged by the same engine as the live callback.
 
-``analyze(path)`` finds the runs under ``path`` (event files, run directories, a directory of runs, a Trainer
-output dir with ``runs/`` and ``checkpoint-N/``, or a trainer_state.json), turns each into the log entries Trainer's
-``on_log`` saw and replays them through :class:`trainwatch.engine.Engine`, so a run gets the verdict, cause and
-step the live :class:`trainwatch.Diagnoser` gave or would have given.
+``analyze(path)`` finds the runs under ``path`` (:func:`find_runs`: TensorBoard event files and run directories,
+Trainer output dirs, trainer_state.json, W&B run folders, MLflow stores, LLaMA-Factory's trainer_log.jsonl,
+Lightning's metrics.csv), opens each through the one run-source interface (:class:`trainwatch.logs.source.RunLog`:
+facts, the log entries Trainer's ``on_log`` saw, notes, curves) and replays it through
+:class:`trainwatch.engine.Engine` (:func:`judge_run`), so a run gets the verdict, cause and step the live
+:class:`trainwatch.Diagnoser` gave or would have given, whatever its format.
 
 A TensorBoard run is streamed into the engine (:func:`trainwatch.logs.tensorboard.read_run` reads it in two passes)
 and its curves are decimated as they stream, so memory does not grow with the run's length.
@@ -23,16 +25,27 @@ from typing import Any
 import numpy as np
 
 from trainwatch.checkpoints import checkpoint_for
-from trainwatch.curves import Decimator
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import KINDS, Finding
 from trainwatch.history import SIGNALS, Facts, History, objective_from_args
 from trainwatch.logs import LogReadError
+from trainwatch.logs.lightning import METRICS_FILE, read_metrics_csv
 from trainwatch.logs.live_report import read_live_report, with_live_decisions
+from trainwatch.logs.llamafactory import TRAINER_LOG, read_trainer_log
+from trainwatch.logs.mlflow_store import (
+    SQLITE_SUFFIXES,
+    TRASH,
+    is_file_store_run,
+    is_sqlite_file,
+    read_mlflow_run,
+    store_runs,
+)
+from trainwatch.logs.source import Curves, Entry, RunLog
 from trainwatch.logs.tensorboard import (
     EVAL_SIGNAL,
     SIGNAL_TAGS,
     FileStats,
+    TensorBoardRun,
     event_files,
     file_timestamp,
     is_event_file,
@@ -48,9 +61,9 @@ from trainwatch.logs.trainer_state import (
     read_trainer_state,
     vocab_size_from_config,
 )
+from trainwatch.logs.wandb_log import read_wandb_run
 from trainwatch.report import format_curves, format_report
 
-Curves = dict[str, tuple[np.ndarray, np.ndarray]]
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
 HEALTHY, NOT_JUDGED = "healthy", "not judged"
 
@@ -62,7 +75,7 @@ class RunReport:
     source: str
     """The event file, run directory (several, joined by " + ", for a resumed run) or trainer_state.json read."""
     format: str
-    """``tensorboard`` or ``trainer_state``."""
+    """Which reader read it: one of :data:`FORMATS`."""
     diagnoses: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     """Data problems met while reading (damage, restarts, replaced steps, missing signals)."""
@@ -144,7 +157,10 @@ def analyze(
         raise LogReadError(f"{path}: no such file or directory")
     reports = [judge_run(source, smoothing, thresholds, vocab_size) for source in find_runs(path)]
     if not reports:
-        raise LogReadError(f"{path}: no TensorBoard event files or trainer_state.json found")
+        raise LogReadError(
+            f"{path}: no run found (TensorBoard event files, trainer_state.json, W&B run, MLflow store, "
+            "trainer_log.jsonl or metrics.csv)"
+        )
     if all(r.error for r in reports):
         raise LogReadError("; ".join(r.error for r in reports if r.error))
     return reports
@@ -156,45 +172,111 @@ class RunSource:
     """One run found on disk, before reading it: what :func:`judge_run` needs (picklable, for parallel workers)."""
 
     format: str
+    """One of :data:`FORMATS`: which reader opens it."""
     paths: list[Path]
-    """tensorboard: the event files in order (several run directories for a resumed run); else one json."""
+    """tensorboard: the event files in order (several run directories for a resumed run); mlflow: the SQLite store
+    or the file store's run folder; else the one file."""
     label: str
     facts_dir: Path | None = None
     """Where a Trainer output dir's adapter/config files are, for facts the logs themselves lack."""
     notes: list[str] = field(default_factory=list)
+    key: str | None = None
+    """Which run of a store that holds several (an MLflow SQLite store's run id)."""
 
 
 def find_runs(path: Path) -> list[RunSource]:
     """Every run under ``path``, in a stable order; reads no more than needed to tell runs apart."""
     if path.is_file():
-        if path.suffix == ".json":
-            return [RunSource("trainer_state", [path], str(path))]
-        if not is_event_file(path) and _looks_like_json(path):
-            return [RunSource("trainer_state", [path], str(path))]
-        return [RunSource("tensorboard", [path], str(path), facts_dir=_output_dir_of(path.parent))]
+        return _file_sources(path)
     run_dirs: list[Path] = []
     state_dirs: list[Path] = []
+    log_dirs: list[Path] = []
+    others: list[RunSource] = []
     for folder, subfolders, files in os.walk(path):
         subfolders.sort()
-        if any(is_event_file(f) for f in files):
-            run_dirs.append(Path(folder))
-        # an output dir holds trainer_state.json or checkpoints; a checkpoint counts on its own only if asked for
-        is_checkpoint = _CHECKPOINT.fullmatch(Path(folder).name) and Path(folder) != path
-        if (STATE_FILE in files or any(_CHECKPOINT.fullmatch(s) for s in subfolders)) and not is_checkpoint:
-            state_dirs.append(Path(folder))
-    sources = _tensorboard_sources(run_dirs)
-    for output_dir in state_dirs:
-        state = _latest_state(output_dir)
-        if state is None:
+        here = Path(folder)
+        if is_file_store_run(subfolders, files):
+            subfolders.clear()  # its metrics, params and artifacts belong to it
+            if _mlflow_run_is_active(here):
+                others.append(RunSource("mlflow", [here], str(here)))
             continue
-        covered = [s for s in sources if s.format == "tensorboard" and _is_inside(s.paths[0], output_dir)]
-        if covered:
-            for source in covered:
-                source.facts_dir = source.facts_dir or output_dir
-                source.notes.append(f"{state} exists too; analyse it alone with: trainwatch analyze {state}")
-        else:
-            sources.append(RunSource("trainer_state", [state], str(state)))
-    return sources
+        if TRASH in subfolders:
+            subfolders.remove(TRASH)  # the MLflow file store's deleted experiments
+        if any(is_event_file(f) for f in files):
+            run_dirs.append(here)
+        # an output dir holds trainer_state.json or checkpoints; a checkpoint counts on its own only if asked for
+        is_checkpoint = _CHECKPOINT.fullmatch(here.name) and here != path
+        if (STATE_FILE in files or any(_CHECKPOINT.fullmatch(s) for s in subfolders)) and not is_checkpoint:
+            state_dirs.append(here)
+        if TRAINER_LOG in files and not is_checkpoint:
+            log_dirs.append(here)
+        for name in sorted(files):
+            if _is_run_file(here / name):
+                others.extend(_file_sources(here / name))
+    sources = _tensorboard_sources(run_dirs)
+    for output_dir in sorted({*state_dirs, *log_dirs}):
+        sources.extend(_output_dir_sources(output_dir, sources))
+    return sources + others
+
+
+def _is_run_file(path: Path) -> bool:
+    """A run of its own among a folder's files (event files and trainer_state.json are found with their folders)."""
+    if path.name == METRICS_FILE or path.suffix == ".wandb":
+        return True
+    return path.name.endswith(SQLITE_SUFFIXES) and is_sqlite_file(path) and bool(store_runs(path))
+
+
+def _file_sources(path: Path) -> list[RunSource]:
+    """The run(s) of one file, told apart by name and first bytes."""
+    if path.suffix == ".wandb":
+        run_folder = path.parent if path.parent.name.startswith(("run-", "offline-run-")) else path
+        return [RunSource("wandb", [path], str(run_folder))]
+    if path.suffix == ".jsonl":
+        return [RunSource("llamafactory", [path], str(path))]
+    if path.suffix == ".csv":
+        return [RunSource("lightning", [path], str(path))]
+    if is_sqlite_file(path):
+        runs = store_runs(path)
+        if not runs:  # opening it says why: no MLflow store, or one without runs
+            return [RunSource("mlflow", [path], str(path))]
+        return [RunSource("mlflow", [path], f"{path} {label}", key=run) for run, label in runs]
+    if path.suffix == ".json" or (not is_event_file(path) and _looks_like_json(path)):
+        return [RunSource("trainer_state", [path], str(path))]
+    return [RunSource("tensorboard", [path], str(path), facts_dir=_output_dir_of(path.parent))]
+
+
+def _output_dir_sources(output_dir: Path, tensorboard: list[RunSource]) -> list[RunSource]:
+    """The run of a Trainer output dir, unless a TensorBoard run inside it already is (that one is then told of the
+    others). Its own trainer_state.json is complete (saved at the end, with every grad norm); a LLaMA-Factory
+    trainer_log.jsonl, appended as the run goes, is read instead of a checkpoint's, which stops at the checkpoint."""
+    state = _latest_state(output_dir)
+    trainer_log = output_dir / TRAINER_LOG if (output_dir / TRAINER_LOG).is_file() else None
+    found = [p for p in (state, trainer_log) if p is not None]
+    covered = [s for s in tensorboard if s.format == "tensorboard" and _is_inside(s.paths[0], output_dir)]
+    if covered:
+        for source in covered:
+            source.facts_dir = source.facts_dir or output_dir
+            source.notes.extend(f"{p} exists too; analyse it alone with: trainwatch analyze {p}" for p in found)
+        return []
+    if state is not None and (trainer_log is None or state.parent == output_dir):
+        source = RunSource("trainer_state", [state], str(state))
+        other = trainer_log
+    elif trainer_log is not None:
+        source = RunSource("llamafactory", [trainer_log], str(trainer_log))
+        other = state
+    else:
+        return []
+    if other is not None:
+        source.notes.append(f"{other} exists too; analyse it alone with: trainwatch analyze {other}")
+    return [source]
+
+
+def _mlflow_run_is_active(folder: Path) -> bool:
+    """A file store run not deleted (MLflow keeps a deleted run's folder until its garbage collection)."""
+    try:
+        return "lifecycle_stage: deleted" not in (folder / "meta.yaml").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return True
 
 
 def _tensorboard_sources(run_dirs: list[Path]) -> list[RunSource]:
@@ -206,7 +288,9 @@ def _tensorboard_sources(run_dirs: list[Path]) -> list[RunSource]:
         by_parent.setdefault(folder.parent, []).append(folder)
     for parent, folders in by_parent.items():
         if parent.name != "runs" or len(folders) == 1:
-            sources.extend(RunSource("tensorboard", event_files(f), str(f), facts_dir=_output_dir_of(f)) for f in folders)
+            sources.extend(
+                RunSource("tensorboard", event_files(f), str(f), facts_dir=_output_dir_of(f)) for f in folders
+            )
             continue
         segments = sorted(folders, key=lambda f: min(file_timestamp(p) for p in event_files(f)))
         chain: list[tuple[Path, int | None]] = []
@@ -233,7 +317,7 @@ def _chained(chain: list[tuple[Path, int | None]]) -> RunSource:
     if len(folders) > 1:
         starts = ", ".join(f"{f.name} from step {step}" for f, step in chain)
         source.notes.append(
-            f"{len(folders)} run directories continue each other (resumed training): {starts}; " "analysed as one run"
+            f"{len(folders)} run directories continue each other (resumed training): {starts}; analysed as one run"
         )
     return source
 
@@ -276,32 +360,21 @@ def _looks_like_json(path: Path) -> bool:
 
 
 # -- judging one run --------------------------------------------------------------------------------------------------
-def judge_run(source: RunSource, smoothing: int, thresholds: dict[str, Any], vocab_size: int | None = None) -> RunReport:
+def judge_run(
+    source: RunSource, smoothing: int, thresholds: dict[str, Any], vocab_size: int | None = None
+) -> RunReport:
     """Read one run and replay it through a fresh engine; a run that cannot be read gets ``error``, never raises."""
     engine = Engine(build_rules(KINDS, **thresholds), smoothing=smoothing)
     report = RunReport(source=source.label, format=source.format, notes=list(source.notes))
-    other_tags: dict[str, int] = {}
-    if source.format == "trainer_state":
-        try:
-            state = read_trainer_state(source.paths[0])
-        except LogReadError as error:
-            report.error = str(error)
-            return report
-        engine.history.facts = _with_vocab_size(state.facts, vocab_size)
-        report.notes.extend(state.notes)
-        _replay(engine, state.entries(), report)
-        report.curves = _curves_of(state.log_history)
-    else:
-        run = read_run(source.paths)  # pass 1: texts, counts and damage; the values stream from run.entries()
-        if run.records == 0:
-            report.notes.extend(run.notes)
-            report.error = "; ".join(run.notes) or f"{source.label}: no readable records"
-            return report
-        engine.history.facts = _with_vocab_size(_tensorboard_facts(run.texts, source.facts_dir), vocab_size)
-        _replay(engine, run.entries(), report)
-        report.notes.extend(run.notes)  # complete once streamed: what restarts and resumes dropped is counted then
-        report.curves = run.curves()
-        other_tags = run.other_tags
+    try:
+        run = open_run(source)
+    except LogReadError as error:
+        report.error = str(error)
+        return report
+    engine.history.facts = _with_vocab_size(run.facts, vocab_size)
+    _replay(engine, run.entries(), report)
+    report.notes.extend(run.notes)  # complete once streamed: what restarts and resumes dropped is counted then
+    report.curves = run.curves()
     report.diagnoses = list(engine.findings)
     report.history = engine.history
     output_dir = _output_dir(source)
@@ -311,8 +384,58 @@ def judge_run(source: RunSource, smoothing: int, thresholds: dict[str, Any], voc
         report.notes.extend(notes)
     if output_dir:
         _name_checkpoints(report, output_dir)
-    report.notes.extend(_missing_signals(engine.history, other_tags))
+    report.notes.extend(_missing_signals(engine.history, run.other_keys))
     return report
+
+
+def open_run(source: RunSource) -> RunLog:
+    """The run behind ``source``, through its format's reader; :class:`LogReadError` when nothing of it is readable."""
+    path = source.paths[0]
+    if source.format == "tensorboard":
+        return _open_tensorboard(source)
+    if source.format == "trainer_state":
+        return read_trainer_state(path)
+    if source.format == "wandb":
+        return read_wandb_run(path)
+    if source.format == "mlflow":
+        return read_mlflow_run(path, source.key)
+    if source.format == "llamafactory":
+        return read_trainer_log(path)
+    if source.format == "lightning":
+        return read_metrics_csv(path)
+    raise ValueError(f"unknown run format {source.format!r}: one of {', '.join(FORMATS)}")
+
+
+FORMATS = ("tensorboard", "trainer_state", "wandb", "mlflow", "llamafactory", "lightning")
+
+
+@dataclass
+class _TensorBoardLog:
+    """A TensorBoard run with its facts (the ``args``/``model_config`` text summaries and the output dir's files)."""
+
+    run: TensorBoardRun
+    facts: Facts
+
+    @property
+    def notes(self) -> list[str]:
+        return self.run.notes
+
+    @property
+    def other_keys(self) -> dict[str, int]:
+        return self.run.other_tags
+
+    def entries(self) -> Iterator[Entry]:
+        return self.run.entries()
+
+    def curves(self) -> Curves:
+        return self.run.curves()
+
+
+def _open_tensorboard(source: RunSource) -> _TensorBoardLog:
+    run = read_run(source.paths)  # pass 1: texts, counts and damage; the values stream from run.entries()
+    if run.records == 0:
+        raise LogReadError("; ".join(run.notes) or f"{source.label}: no readable records")
+    return _TensorBoardLog(run, _tensorboard_facts(run.texts, source.facts_dir))
 
 
 def _with_vocab_size(facts: Facts, vocab_size: int | None) -> Facts:
@@ -322,7 +445,7 @@ def _with_vocab_size(facts: Facts, vocab_size: int | None) -> Facts:
 
 def _output_dir(source: RunSource) -> Path | None:
     """The Trainer output dir the run belongs to (its checkpoints, trainwatch's own report), where known."""
-    if source.format == "trainer_state":
+    if source.format in ("trainer_state", "llamafactory"):
         folder = source.paths[0].parent
         return folder.parent if _CHECKPOINT.fullmatch(folder.name) else folder
     return source.facts_dir
@@ -343,17 +466,23 @@ def _replay(engine: Engine, entries: Iterator[tuple[int, dict[str, Any]]], repor
         report.entries += 1
 
 
-def _missing_signals(history: History, other_tags: dict[str, int]) -> list[str]:
+def _missing_signals(history: History, other_keys: dict[str, int]) -> list[str]:
     """Say what could not be judged, so that "healthy" is never read as more than the logs allow."""
     if not any(history[name].count for name in SIGNALS):
-        found = f"; scalar tags found: {', '.join(sorted(other_tags)[:8])}" if other_tags else ""
+        found = f"; keys logged: {', '.join(sorted(other_keys)[:8])}" if other_keys else ""
         return [
-            f"none of Trainer's signals (loss, grad_norm, learning_rate, eval_loss) were logged: nothing to "
-            f"judge{found}"
+            f"none of Trainer's signals (loss, grad_norm, learning_rate, eval_loss) were logged: nothing to judge{found}"
         ]
     notes = []
     if not history["loss"].count:
         notes.append("no train loss logged: exploding and flat cannot be judged")
+    elif not history["grad_norm"].count:
+        notes.append(
+            "no grad norm logged: the zero-gradient and non-finite-gradient checks were skipped (nor can a NaN that "
+            "Trainer's filter logged as a 0.0 loss be told from a real 0.0)"
+        )
+    if history["loss"].count and not history["learning_rate"].count:
+        notes.append("no learning rate logged: a warmup cannot be seen, so flatness is judged from the first loss on")
     if not history["eval_loss"].count:
         notes.append("no evaluation logged (eval_loss): overfitting cannot be judged")
     return notes
@@ -383,18 +512,6 @@ def _json_text(text: str | None) -> dict[str, Any]:
     except ValueError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def _curves_of(log_history: list[dict[str, Any]]) -> Curves:
-    """The curves of a trainer_state.json, decimated as TensorBoard's are, so both sources plot alike."""
-    curves: Curves = {}
-    for name in SIGNALS:
-        points = [(e["step"], float(e[name])) for e in log_history if isinstance(e.get(name), (int, float))]
-        steps, values = zip(*points) if points else ((), ())
-        decimator = Decimator()
-        decimator.extend(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
-        curves[name] = decimator.curve()
-    return curves
 
 
 def _series_dict(series: Any) -> dict[str, Any]:

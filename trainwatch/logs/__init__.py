@@ -1,7 +1,9 @@
-"""Readers for what a finished (or crashed) run left on disk: TensorBoard event files and trainer_state.json.
+"""Readers for what a finished (or crashed) run left on disk: TensorBoard event files, trainer_state.json, W&B
+transaction logs, MLflow stores, LLaMA-Factory's trainer_log.jsonl and Lightning's metrics.csv.
 
-Both turn a run into the entries Trainer's ``on_log`` saw, ``(step, {"loss": ..., "grad_norm": ..., ...})`` with
-Trainer's own keys, so :meth:`trainwatch.engine.Engine.replay` judges them exactly as the live callback did.
+Each turns a run into the entries Trainer's ``on_log`` saw, ``(step, {"loss": ..., "grad_norm": ..., ...})`` with
+Trainer's own keys, and the facts it knows, behind one interface (:class:`trainwatch.logs.source.RunLog`), so
+:meth:`trainwatch.engine.Engine.replay` judges them exactly as the live callback did, whatever the format.
 Damaged input never raises mid-read: each problem becomes a note for the report. Only input with nothing readable
 at all raises :class:`LogReadError`.
 """

@@ -19,6 +19,7 @@ from typing import Any
 
 from trainwatch.history import SIGNALS, Facts, objective_from_args
 from trainwatch.logs import LogReadError
+from trainwatch.logs.source import Curves, curves_of, other_keys_of
 
 STATE_FILE = "trainer_state.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -41,6 +42,13 @@ class TrainerState:
         """``(step, logs)`` for each entry, as ``on_log`` received it."""
         for entry in self.log_history:
             yield entry["step"], entry
+
+    @property
+    def other_keys(self) -> dict[str, int]:
+        return other_keys_of(self.entries())
+
+    def curves(self) -> Curves:
+        return curves_of(self.entries())
 
 
 def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
@@ -83,6 +91,11 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_count(value: Any) -> bool:
+    """A positive, finite number of steps or tokens (a config read from another tool's log may hold anything)."""
+    return _is_number(value) and 0 < value < math.inf
+
+
 def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Facts:
     """Hyperparameters and vocab size from the files Trainer and peft save in an output dir and its checkpoints.
 
@@ -104,16 +117,19 @@ def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Fac
         params.update(lora_hyperparameters(_json_object(folder / "adapter_config.json")))
         vocab_size = vocab_size_from_config(_json_object(folder / "config.json")) or vocab_size
     planned = state.get("max_steps") if state else None  # the computed total, unlike the argument of that name
-    max_steps = planned if _is_number(planned) and planned > 0 else planned_steps(params)
+    max_steps = planned if _is_count(planned) else planned_steps(params)
     return Facts(
-        vocab_size=vocab_size, hyperparameters=params, max_steps=int(max_steps) if max_steps else None, objective=objective
+        vocab_size=vocab_size,
+        hyperparameters=params,
+        max_steps=int(max_steps) if max_steps else None,
+        objective=objective,
     )
 
 
 def planned_steps(args: Mapping[str, Any]) -> int | None:
     """The ``max_steps`` argument when it sets the run's length (> 0); an epoch-based run's total is not in it."""
     value = args.get("max_steps")
-    return int(value) if _is_number(value) and value > 0 else None
+    return int(value) if _is_count(value) else None
 
 
 def latest_checkpoints(output_dir: Path) -> list[Path]:
@@ -144,7 +160,7 @@ def lora_hyperparameters(adapter_config: Mapping[str, Any]) -> dict[str, Any]:
 def vocab_size_from_config(config: Mapping[str, Any]) -> int | None:
     """A model config's vocabulary size, looking into ``text_config`` for multimodal models, as the live one does."""
     for candidate in (config.get("text_config"), config):
-        if isinstance(candidate, Mapping) and _is_number(candidate.get("vocab_size")):
+        if isinstance(candidate, Mapping) and _is_count(candidate.get("vocab_size")):
             return int(candidate["vocab_size"])
     return None
 
