@@ -31,14 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     analyze = commands.add_parser(
         "analyze",
         help="diagnose finished or crashed runs from their logs: one run, or a whole sweep",
-        description="Diagnose runs from TensorBoard event files or trainer_state.json, with the live callback's "
-        "rules, and the live callback's own report (<output_dir>/trainwatch/diagnosis.json) where the run has one. "
+        description="Diagnose runs from TensorBoard event files, trainer_state.json, W&B run folders (wandb/run-*, "
+        "the .wandb log; needs trainwatch-hf[wandb]), MLflow stores (mlflow.db, mlruns/), LLaMA-Factory's "
+        "trainer_log.jsonl or Lightning's metrics.csv, with the live callback's rules, and the live callback's own report (<output_dir>/trainwatch/diagnosis.json) where the run has one. "
         "One run: its whole report. Several: a line per run (failures first), the counts, then each failure. "
         "Exit 0: healthy, 1: a failure was diagnosed, 2: bad input (nothing could be read), 3: not judged (no train "
         "loss logged).",
     )
     analyze.add_argument(
-        "path", help="event file, run directory, directory of runs, Trainer output dir, or trainer_state.json"
+        "path",
+        help="a run's file or folder (event file, trainer_state.json, .wandb, mlflow.db, trainer_log.jsonl, "
+        "metrics.csv), a Trainer output dir, or any folder of runs",
     )
     analyze.add_argument(
         "--json",
