@@ -2,15 +2,18 @@
 
     python benchmarks/detection.py            # full set: every scenario x 3 seeds x 2 archs (a few minutes)
     python benchmarks/detection.py --quick    # one run each of healthy, exploding, no_target_tokens (smoke test)
+    python benchmarks/detection.py --scenarios dpo_healthy,dpo_diverged   # only these variants (3 seeds x 2 archs)
 
-Every labelled run is a real tiny CPU Trainer run (``trainwatch.testing``), trained once to its end with nothing
+Every labelled run is a real tiny CPU Trainer run (``trainwatch.testing``; the DPO and GRPO ones are TRL's
+``DPOTrainer`` and ``GRPOTrainer``, run when ``trl`` is installed), trained once to its end with nothing
 stopping it, while trainwatch's ``Diagnoser`` (defaults, ``report=False``) and HF's ``EarlyStoppingCallback``
 (patience 1 and 3, via :class:`peers.RecordingStopper`) watch it live and each batch's raw loss is recorded. The
 other peers are then run on the recorded series (see :mod:`peers`). The live Diagnoser's findings are checked to
 equal a replay of the run's ``log_history`` through ``Engine``: same series, same verdict (a pre-flight decision,
 made from the data before the first log, is found by the replay with the same kind and cause when the logs show it).
 
-Each run evaluates (every ``eval_steps``; 25 where the scenario sets none) so that EarlyStoppingCallback can work.
+Each run evaluates (every ``eval_steps``; 25 where the scenario sets none) so that EarlyStoppingCallback can work;
+GRPO runs do not (their eval loss is the RL surrogate, no measure of progress), so HF EarlyStopping never stops them.
 Onset of each failure, from which the delay is counted: exploding with cause non_finite, the first step whose raw
 loss is NaN/inf; other explosions, the first step whose raw loss is above the first step's loss; flat, step 0 (these
 runs never learn and have no warmup); overfitting, the step of the best eval loss of the whole run. Compute saved is ``max_steps - detection step``, summed over a class's caught runs,
@@ -51,13 +54,19 @@ class Variant:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
+HAVE_TRL = importlib.util.find_spec("trl") is not None
+"""The DPO and GRPO variants are TRL runs, so they need ``pip install trl``; without it, they are left out."""
+
+
 def variants() -> list[Variant]:
-    from trainwatch.testing import SCENARIOS
+    from trainwatch.testing import SCENARIOS, TRL_SCENARIOS
 
     found = [Variant(name, name, spec.expected) for name, spec in SCENARIOS.items()]
     # harder healthy runs a user really has: batch size 1, and half the run spent warming up
     found.append(Variant("healthy_batch1", "healthy_noisy", ("healthy", None), {"per_device_train_batch_size": 1, "learning_rate": 5e-4}))
     found.append(Variant("healthy_warmup50", "healthy", ("healthy", None), {"max_steps": 200, "warmup_steps": 0.5, "eval_steps": 50}))
+    if HAVE_TRL:
+        found.extend(Variant(name, name, spec.expected) for name, spec in TRL_SCENARIOS.items())
     return found
 
 
@@ -84,20 +93,39 @@ def run_one(variant: Variant, arch: str, seed: int) -> dict[str, Any]:
     from trainwatch import Diagnoser
     from trainwatch.engine import Engine
     from trainwatch.findings import KINDS
-    from trainwatch.testing import SCENARIOS, tiny_trainer
+    from trainwatch.testing import SCENARIOS, TRL_SCENARIOS, tiny_trainer, tiny_trl_trainer
 
-    settings = {**SCENARIOS[variant.scenario].args, **variant.overrides}
+    trl_spec = TRL_SCENARIOS.get(variant.scenario)
+    build = tiny_trl_trainer if trl_spec else tiny_trainer
+    settings = {**(trl_spec or SCENARIOS[variant.scenario]).args, **variant.overrides}
+    evaluates = not (trl_spec and trl_spec.trainer == "grpo")
     eval_steps = settings.get("eval_steps") or DEFAULT_EVAL_STEPS
     diagnoser = Diagnoser(report=False)
     stopping = Diagnoser(stop_on=KINDS, report=False)
-    stoppers = {f"hf_early_stop_p{p}": RecordingStopper(EarlyStoppingCallback(early_stopping_patience=p)) for p in (1, 3)}
+    stoppers = {
+        f"hf_early_stop_p{p}": RecordingStopper(EarlyStoppingCallback(early_stopping_patience=p))
+        for p in (1, 3)
+        if evaluates
+    }
     stoppers["trainwatch_stop"] = RecordingStopper(stopping)
     with tempfile.TemporaryDirectory() as output_dir:
-        early_stopping = {"eval_strategy": "steps", "save_strategy": "steps", "save_steps": eval_steps, "save_total_limit": 2,
-                          "load_best_model_at_end": True, "metric_for_best_model": "eval_loss"}
-        trainer = tiny_trainer(
-            variant.scenario, output_dir, callbacks=[diagnoser, *stoppers.values()], seed=seed, arch=arch,
-            report_to="none", **early_stopping, **{**variant.overrides, "eval_steps": eval_steps},
+        early_stopping = {
+            "eval_strategy": "steps",
+            "save_strategy": "steps",
+            "save_steps": eval_steps,
+            "save_total_limit": 2,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "eval_steps": eval_steps,
+        }
+        trainer = build(
+            variant.scenario,
+            output_dir,
+            callbacks=[diagnoser, *stoppers.values()],
+            seed=seed,
+            arch=arch,
+            report_to="none",
+            **{**variant.overrides, **(early_stopping if evaluates else {})},
         )
         trainer.remove_callback(PrinterCallback)
         batch_losses: list[float] = []
@@ -122,7 +150,11 @@ def run_one(variant: Variant, arch: str, seed: int) -> dict[str, Any]:
         "findings": live,
         "stop_findings": [(f.kind, f.cause, f.step) for f in stopping.diagnoses],
         "replay_matches": same_verdict(diagnoser.diagnoses, replay.findings),
-        "stops": {name: s.stop_step for name, s in stoppers.items()},
+        "stops": {
+            "hf_early_stop_p1": None,
+            "hf_early_stop_p3": None,
+            **{name: s.stop_step for name, s in stoppers.items()},
+        },
     }
 
 
@@ -244,15 +276,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="one llama run each of healthy, exploding, no_target_tokens")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--runs", action="store_true", help="also print every run's detection steps")
+    parser.add_argument(
+        "--scenarios",
+        type=lambda text: [n for n in text.split(",") if n],
+        help="comma-separated variant names: only these (every seed and arch)",
+    )
     args = parser.parse_args(argv)
+    known = [v.name for v in variants()]
+    unknown = sorted(set(args.scenarios or ()) - set(known))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(known)}")
     if args.quick:
         chosen = [v for v in variants() if v.name in ("healthy", "exploding", "no_target_tokens")]
         jobs = [(v, "llama", 0) for v in chosen]
     else:
-        jobs = [(v, arch, seed) for v in variants() for arch in ("llama", "gpt2") for seed in (0, 1, 2)]
+        chosen = [v for v in variants() if args.scenarios is None or v.name in args.scenarios]
+        jobs = [(v, arch, seed) for v in chosen for arch in ("llama", "gpt2") for seed in (0, 1, 2)]
     log: Callable[[str], None] = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
     if not HAVE_LIGHTNING:
         print("note: lightning is not installed, so Lightning SpikeDetection is not run (pip install lightning)\n")
+    if not HAVE_TRL:
+        print("note: trl is not installed, so the DPO and GRPO variants are not run (pip install trl)\n")
     log(f"training {len(jobs)} labelled runs on {args.workers} worker(s)...")
     import trainwatch.testing  # noqa: F401 - imported once here, so forked workers start with it loaded
     with ProcessPoolExecutor(max_workers=args.workers) as pool:

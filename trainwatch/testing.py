@@ -7,8 +7,9 @@ modulo the vocabulary), and each scenario changes only what a user would get wro
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -213,3 +214,191 @@ def tiny_trainer(
         callbacks=list(callbacks),
         compute_loss_func=token_mean_loss if spec.custom_loss else None,
     )
+
+
+# -- TRL runs: a preference objective (DPO) and an RL objective (GRPO) --------------------------------------------
+# The shipped tiny model's character tokenizer (vocab 100) and a two-layer model of width 32 built from a config: TRL's
+# trainers need a tokenizer to build their batches. The task is letter progressions ("aceg..."): the prompt is the
+# first letters, the completion the rest.
+TINY_LLAMA = Path(__file__).resolve().parent / "assets" / "tiny-llama"
+LETTERS = "abcdefghijklmnopqrstuvwxyz"
+PROMPT_LETTERS = 5
+
+
+def letter_progressions(n: int, seed: int, length: int = 16) -> tuple[list[str], list[str]]:
+    """``n`` letter progressions (start, stride 1-3, modulo 26) and ``n`` random letter strings of the same length."""
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randint(0, 26, (n,), generator=generator).tolist()
+    strides = torch.randint(1, 4, (n,), generator=generator).tolist()
+    noise = torch.randint(0, 26, (n, length), generator=generator).tolist()
+    good = ["".join(LETTERS[(s + k * i) % 26] for i in range(length)) for s, k in zip(starts, strides)]
+    return good, ["".join(LETTERS[c] for c in row) for row in noise]
+
+
+def preference_pairs(n: int, seed: int) -> Any:
+    """DPO records: the rejected completion is the chosen one with its middle letter wrong, a preference learned
+    slowly, and only by a model that keeps what it learned."""
+    import datasets
+
+    good, noise = letter_progressions(n, seed)
+    rows = []
+    for g, b in zip(good, noise):
+        chosen = g[PROMPT_LETTERS:]
+        i = len(chosen) // 2
+        wrong = b[i] if b[i] != chosen[i] else LETTERS[(LETTERS.index(chosen[i]) + 1) % 26]
+        rows.append({"prompt": g[:PROMPT_LETTERS], "chosen": chosen, "rejected": chosen[:i] + wrong + chosen[i + 1 :]})
+    return datasets.Dataset.from_list(rows)
+
+
+def letter_prompts(n: int, seed: int) -> Any:
+    import datasets
+
+    good, _ = letter_progressions(n, seed)
+    return datasets.Dataset.from_list([{"prompt": g[:PROMPT_LETTERS]} for g in good])
+
+
+def vowel_share(completions: list[str], **kwargs: Any) -> list[float]:
+    """A reward that differs between a prompt's completions: GRPO has an advantage to learn from."""
+    return [sum(c in "aeiou" for c in completion) / max(len(completion), 1) for completion in completions]
+
+
+def same_reward(completions: list[str], **kwargs: Any) -> list[float]:
+    """Every completion rewarded alike, as a reward function that is too strict (or too easy) is: every group's
+    rewards are identical, every advantage is 0, and GRPO has nothing to learn from."""
+    return [1.0 for _ in completions]
+
+
+@dataclass(frozen=True)
+class TrlScenario:
+    """A TRL run: its trainer (``"dpo"`` or ``"grpo"``), what a user set (or got wrong), and the diagnosis."""
+
+    trainer: str
+    expected: tuple[str, str | None]
+    args: Mapping[str, Any] = field(default_factory=dict)
+    reward: Callable[..., list[float]] | None = None
+    """GRPO's reward function."""
+
+
+_GRPO = {
+    "learning_rate": 1e-3,
+    "max_steps": 15,
+    "num_generations": 4,
+    "max_completion_length": 8,
+    "per_device_train_batch_size": 8,
+}
+"""2 prompts × 4 completions of up to 8 tokens a step, TRL's default ``beta`` 0 (no reference model)."""
+TRL_SCENARIOS: dict[str, TrlScenario] = {
+    "dpo_healthy": TrlScenario("dpo", ("healthy", None), {"learning_rate": 1e-2, "max_steps": 60, "eval_steps": 10}),
+    "dpo_diverged": TrlScenario(
+        # Unclipped at a constant 0.5 the loss swings far above ln 2 and the eval reward accuracy stays near a coin
+        # toss, where the healthy run's nears 1.
+        "dpo",
+        ("exploding", "lr_too_high"),
+        {
+            "learning_rate": 0.5,
+            "max_grad_norm": 0.0,
+            "lr_scheduler_type": "constant",
+            "max_steps": 60,
+            "eval_steps": 10,
+        },
+    ),
+    "dpo_flat": TrlScenario(
+        # TRL's default learning rate for DPO (1e-6) on a full fine-tune this small: the loss stays at ln 2 to the
+        # fourth decimal.
+        "dpo",
+        ("flat", "lr_too_low"),
+        {"learning_rate": 1e-6, "max_steps": 60, "eval_steps": 10},
+    ),
+    "grpo_healthy": TrlScenario("grpo", ("healthy", None), _GRPO, reward=vowel_share),
+    "grpo_no_signal": TrlScenario("grpo", ("flat", "no_reward_signal"), _GRPO, reward=same_reward),
+}
+
+
+def tiny_causal_lm(arch: str, vocab_size: int, seed: int) -> PreTrainedModel:
+    """A two-layer causal LM of width 32 for a tokenizer of ``vocab_size``, randomly initialised from ``seed``."""
+    torch.manual_seed(seed)
+    if arch == "llama":
+        config = LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+        return LlamaForCausalLM(config)
+    if arch == "gpt2":
+        config = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=64,
+            pad_token_id=0,
+            eos_token_id=1,
+            bos_token_id=1,
+        )
+        return GPT2LMHeadModel(config)
+    raise ValueError(f"unknown arch {arch!r}: llama or gpt2")
+
+
+def tiny_trl_trainer(
+    scenario: str,
+    output_dir: str,
+    *,
+    callbacks: Iterable[TrainerCallback] = (),
+    seed: int = 0,
+    arch: str = "llama",
+    **overrides: Any,
+) -> Trainer:
+    """A ready-to-train ``DPOTrainer`` or ``GRPOTrainer`` for ``scenario`` (needs ``trl``); ``overrides`` are config
+    fields. DPO runs are full fine-tunes, their reference a copy of the model."""
+    import copy
+
+    import trl
+    from transformers import AutoTokenizer
+
+    spec = TRL_SCENARIOS[scenario]
+    tokenizer = AutoTokenizer.from_pretrained(TINY_LLAMA)
+    model = tiny_causal_lm(arch, len(tokenizer), seed)
+    settings: dict[str, Any] = {
+        "per_device_train_batch_size": 8,
+        "per_device_eval_batch_size": 64,
+        "logging_steps": 1,
+        "report_to": ["tensorboard"],
+        "save_strategy": "no",
+        "use_cpu": True,
+        "disable_tqdm": True,
+        "bf16": False,  # TRL's configs default to bf16 mixed precision, slow on most CPUs
+        "activation_checkpointing": False,  # ... and to gradient (activation) checkpointing
+        "seed": seed,
+        "data_seed": seed,
+        **spec.args,
+        **overrides,
+    }
+    settings.setdefault("eval_strategy", "steps" if settings.get("eval_steps") else "no")
+    evaluate = settings["eval_strategy"] != "no"
+    if spec.trainer == "dpo":
+        return trl.DPOTrainer(
+            model=model,
+            ref_model=copy.deepcopy(model),
+            args=trl.DPOConfig(output_dir=output_dir, max_length=32, **settings),
+            processing_class=tokenizer,
+            train_dataset=preference_pairs(512, seed),
+            eval_dataset=preference_pairs(64, seed + 1) if evaluate else None,
+            callbacks=list(callbacks),
+        )
+    if spec.trainer == "grpo":
+        return trl.GRPOTrainer(
+            model=model,
+            reward_funcs=spec.reward,
+            args=trl.GRPOConfig(output_dir=output_dir, **settings),
+            processing_class=tokenizer,
+            train_dataset=letter_prompts(256, seed),
+            eval_dataset=letter_prompts(16, seed + 1) if evaluate else None,
+            callbacks=list(callbacks),
+        )
+    raise ValueError(f"unknown trainer {spec.trainer!r}: dpo or grpo")
