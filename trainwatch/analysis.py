@@ -158,8 +158,8 @@ def analyze(
     reports = [judge_run(source, smoothing, thresholds, vocab_size) for source in find_runs(path)]
     if not reports:
         raise LogReadError(
-            f"{path}: no run found (TensorBoard event files, trainer_state.json, W&B run, MLflow store, "
-            "trainer_log.jsonl or metrics.csv)"
+            f"{path}: no TensorBoard event files or trainer_state.json found, nor a W&B run, an MLflow store, a "
+            "trainer_log.jsonl or a metrics.csv"
         )
     if all(r.error for r in reports):
         raise LogReadError("; ".join(r.error for r in reports if r.error))

@@ -125,7 +125,7 @@ def _file_store_run(folder: Path) -> LoggedRun:
     meta = _yaml(folder / RUN_META)
     if not meta or not (folder / "metrics").is_dir():
         raise LogReadError(f"{folder}: not an MLflow run (no meta.yaml and metrics/)")
-    values: list[tuple[int, int, int, str, float]] = []  # timestamp, step, eval last, key, value
+    values: list[tuple[int, int, bool, str, float]] = []  # timestamp, step, epoch last, key, value
     damaged = 0
     for file in sorted(p for p in (folder / "metrics").rglob("*") if p.is_file()):
         key = file.relative_to(folder / "metrics").as_posix()
@@ -147,8 +147,8 @@ def _file_store_run(folder: Path) -> LoggedRun:
             if value is None:
                 damaged += 1
                 continue
-            values.append((timestamp, step, key.startswith("eval_"), key, value))  # type: ignore[arg-type]
-    values.sort()
+            values.append((timestamp, step, key == "epoch", key, value))  # type: ignore[arg-type]
+    values.sort()  # write order; within one log call (one timestamp and step), epoch last, as Trainer logs it
     params: dict[str, str] = {}
     for file in sorted((folder / "params").glob("*")) if (folder / "params").is_dir() else []:
         try:

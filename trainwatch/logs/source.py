@@ -158,20 +158,15 @@ def grouped(values: Iterable[tuple[int, str, float]]) -> Iterator[Entry]:
     entry at a new step, between train and eval values, or when a key comes again (as TensorBoard's reader groups
     them). ``epoch``, logged beside train and eval values alike, joins the entry it comes with."""
     current: dict[str, Any] = {}
-    current_step, current_eval = 0, False
+    current_step, current_eval = 0, None  # None: no train or eval value in the entry yet
     for step, key, value in values:
-        if key == "epoch":
-            if current and step != current_step:
-                yield current_step, current
-                current = {}
-            current_step = step
-            current[key] = value
-            continue
-        is_eval = key.startswith("eval_")
-        if current and (step != current_step or is_eval != current_eval or key in current):
+        is_eval = None if key == "epoch" else key.startswith("eval_")
+        changed = is_eval is not None and current_eval is not None and is_eval != current_eval
+        if current and (step != current_step or changed or (key in current and key != "epoch")):
             yield current_step, current
-            current = {}
-        current_step, current_eval = step, is_eval
+            current, current_eval = {}, None
+        current_step = step
+        current_eval = current_eval if is_eval is None else is_eval
         current[key] = value
     if current:
         yield current_step, current
