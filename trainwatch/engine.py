@@ -25,7 +25,7 @@ def build_rules(kinds: Iterable[str] = KINDS, **thresholds: Any) -> list[Rule]:
         used |= names & thresholds.keys()
     unknown = sorted(thresholds.keys() - used)
     if unknown:
-        valid = sorted(f.name for kind in kinds for f in dataclasses.fields(RULES[kind]))
+        valid = sorted({f.name for kind in kinds for f in dataclasses.fields(RULES[kind])})
         raise TypeError(f"unknown threshold(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
     return rules
 
