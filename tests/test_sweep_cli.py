@@ -67,12 +67,16 @@ def test_a_line_per_run_failures_first_then_the_counts_then_each_failure(sweep):
         "30",
         "checkpoint-30",
     ]  # its best eval loss, at step 30, and the checkpoint saved there
-    # below: each failure's diagnosis and fixes (not the healthy runs' notes or anyone's curves), and the unreadable
+    # below: each failure's diagnosis and fixes, the unreadable's error, why the not judged was not; no healthy run's
+    # notes, no curves
     firsts = [block.splitlines()[0] for block in details]
-    assert [line.rsplit(": ", 1)[-1] for line in firsts[:3]] == FAILURES_FIRST[:3] and len(firsts) == 4
+    assert len(firsts) == 5 and [firsts[i].rsplit(": ", 1)[-1] for i in (0, 1, 2, 4)] == FAILURES_FIRST[:3] + [
+        "not judged"
+    ]
     assert "EXPLODING (lr_too_high) at step 2: " in details[0] and "  fix 1. lower the learning rate 10×" in details[0]
     assert f"checkpoint to go back to: {sweep / 'overfitting' / 'checkpoint-30'}" in details[2]
     assert details[3].startswith(f"unreadable: {sweep / BROKEN}/events.out.tfevents")
+    assert "  note: no train loss logged" in details[4]
     assert "curves:" not in result.stdout and "healthy/trainer_state.json exists too" not in result.stdout
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from trainwatch.analysis import HEALTHY, NOT_JUDGED, RunReport, RunSource, judge_run
+from trainwatch.engine import build_rules
 from trainwatch.findings import KINDS
 from trainwatch.report import format_report
 
@@ -63,6 +64,7 @@ def judge_runs(
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
     settings: Settings = (smoothing, dict(thresholds or {}), vocab_size)
+    build_rules(KINDS, **settings[1])  # an unknown threshold is the caller's error, not every run's
     with _progress_bar(sources, progress) as advance:
         if jobs == 1 or len(sources) < 2:
             reports = []
@@ -275,8 +277,8 @@ RUN_WIDTH = 60
 
 
 def format_sweep(rows: Sequence[SweepRow], *, details: bool = False) -> str:
-    """The table (failures first), the counts, then each failure's diagnosis and fixes and each unreadable run's
-    error; with ``details``, every run's whole report (evidence, notes, curves) instead."""
+    """The table (failures first), the counts, then each failure's diagnosis and fixes, each unreadable run's error
+    and why each run not judged was not; with ``details``, every run's whole report (evidence, notes, curves)."""
     ordered = by_verdict(rows)
     cells = [COLUMNS, *(_cells(row) for row in ordered)]
     widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
@@ -297,6 +299,8 @@ def format_sweep(rows: Sequence[SweepRow], *, details: bool = False) -> str:
             if row.checkpoint:
                 text += f"\n  checkpoint to go back to: {row.checkpoint}"
             blocks.append(text)
+        elif not row.report.judged:  # why not: what its logs lack
+            blocks.append("\n".join([f"{row.name}: {NOT_JUDGED}", *(f"  note: {n}" for n in row.report.notes)]))
     return "\n\n".join(blocks)
 
 
