@@ -147,10 +147,8 @@ def _progress_bar(sources: Sequence[RunSource], wanted: bool) -> Iterator[Callab
     """``advance()`` for each run judged, moving a bar on stderr when one is worth showing; its clock is redrawn
     every :data:`TICK_SECONDS` so that a long read of one large log still shows it is going."""
     stderr = sys.stderr
-    if not (wanted and stderr is not None and stderr.isatty()):
-        yield lambda: None
-        return
-    if len(sources) < MANY_RUNS and _size(sources) < LARGE_LOG_BYTES:
+    on_terminal = wanted and stderr is not None and stderr.isatty()
+    if not (on_terminal and (len(sources) >= MANY_RUNS or _size(sources) >= LARGE_LOG_BYTES)):
         yield lambda: None
         return
     from tqdm import tqdm  # a dependency of transformers, imported only when a bar is shown
