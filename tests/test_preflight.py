@@ -186,6 +186,7 @@ def test_healthy_run_checklist_in_report(tmp_path: Path, caplog) -> None:
     statuses = {c["name"]: c["status"] for c in _report(tmp_path)["preflight"]["checks"]}
     assert statuses == {
         "examples with targets": "pass", "examples without targets": "pass", "max sequence length": "skip",
+        "trainable parameters": "pass",
         "mixed precision": "skip", "gradient checkpointing": "pass", "warmup": "pass", "gradient clipping": "pass",
         "learning rate": "warn",  # 3e-3 trains the tiny model from scratch; for full fine-tuning it is far too high
         "evaluation": "warn", "save_total_limit": "pass", "GPU memory at step 1": "skip", "loss down by step 10": "pass",
