@@ -1,7 +1,7 @@
 """trainwatch's own report of a run, ``<output_dir>/trainwatch/diagnosis.json``, as the live callback wrote it.
 
 It holds decisions that the logs cannot show: the pre-flight decides a train set without a single target token
-from the data, at step 0, before any log (``evidence["decided_by"] == "pre-flight"``), and a run it stopped there
+(from the data) or a model no gradient can reach (from its configuration) at step 0, before any log (``evidence["decided_by"] == "pre-flight"``), and a run it stopped there
 logged one step or none. ``trainwatch analyze`` reads the report where a run has one, so the live and the post-hoc
 verdict are the same, and says so in a note. A damaged report is a note, never an error: the logs still speak.
 """
@@ -83,7 +83,7 @@ def with_live_decisions(
 def _describe(finding: Finding) -> str:
     text = f"{finding.kind} ({finding.cause}) at step {finding.step}"
     if finding.evidence.get("decided_by") == "pre-flight":
-        text += ", decided by the pre-flight from the train set before the first step, which the logs cannot show"
+        text += ", decided by the pre-flight (from the train set or the model) before the first step, which the logs cannot show"
     return text
 
 
