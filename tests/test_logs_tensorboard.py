@@ -19,6 +19,7 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from torch.utils.tensorboard import SummaryWriter
 
 from trainwatch.logs.tensorboard import (
+    CHUNK_BYTES,
     EVAL_SIGNAL,
     SIGNAL_TAGS,
     SIGNALS,
@@ -171,6 +172,65 @@ def test_nan_and_inf_are_kept(tmp_path):
             writer.add_scalar("train/loss", value, step)
     values = [v for _, _, v in scalars(only_file(tmp_path))]
     assert values[0] == 1.0 and math.isnan(values[1]) and values[2] == math.inf and values[3] == -math.inf
+
+
+def accumulator_scalars(path: Path) -> list[tuple[int, str, float]]:
+    accumulator = event_accumulator.EventAccumulator(str(path), size_guidance={event_accumulator.SCALARS: 0})
+    accumulator.Reload()
+    return sorted((e.step, tag, e.value) for tag in accumulator.Tags()["scalars"] for e in accumulator.Scalars(tag))
+
+
+# a record header (length 20, its masked CRC) that is also text: it will sit inside another record's data
+HEADER_AS_TEXT = "\x14" + "\x00" * 7 + "^=)\x15"
+
+
+def test_a_long_log_read_in_blocks_is_what_tensorboard_reads(tmp_path):
+    """Several reads' worth of records, read in bulk: every step varint length (and steps too long for the bulk
+    path), a record too long for it, text between the scalars, and a valid-looking header inside a record's data."""
+    assert struct.pack("<Q", 20) + struct.pack("<I", masked_crc(struct.pack("<Q", 20))) == HEADER_AS_TEXT.encode()
+    steps = [*range(1, 3000), *range(16_300, 16_500), *range(2**21 - 100, 2**21 + 100), 2**28 - 1, 2**28, 2**35 + 1]
+    with SummaryWriter(log_dir=str(tmp_path)) as writer:
+        writer.add_text("args", '{"learning_rate": 0.003}')
+        for number, step in enumerate(steps):
+            writer.add_scalar("train/loss", 4.0 / (number + 1), step)
+            writer.add_scalar("train/grad_norm", 1.0 + number % 7, step)
+            writer.add_scalar("train/learning_rate", 1e-3 * (1 - number / len(steps)), step)
+            if number % 10 == 0:
+                writer.add_scalar("eval/loss", 5.0 / (number + 1), step)
+            if number == 1500:
+                writer.add_text("notes", "x" * 70_000, step)
+            if number == 2000:
+                writer.add_text("notes", "x" + HEADER_AS_TEXT + "y" * 30, step)
+    path = only_file(tmp_path)
+    assert path.stat().st_size > 2 * CHUNK_BYTES
+    ours = scalars(path)
+    assert sorted(ours) == accumulator_scalars(path)
+    assert len(ours) == 3 * len(steps) + len(steps[::10])
+    run = read_run([path])
+    series = kept(run)
+    assert series["loss"][0] == steps and series["eval_loss"][0] == steps[::10]
+    assert run.notes == [] and run.records == len(ours) + 4  # the file version and three texts
+
+
+def test_damage_inside_a_long_log_costs_the_damaged_records_only(tmp_path):
+    """In the middle of a long log: a flipped value byte fails its CRC; a record rewritten to another tag, with its
+    CRC made right, is a value of that tag, however like its neighbours it looks."""
+    path = only_file(write_hf_like(tmp_path, range(1, 3001)))
+    data = bytearray(path.read_bytes())
+    offsets = _record_offsets(path)
+    flipped, renamed = offsets[3 + 4 * 1500], offsets[3 + 4 * 2000]  # after the version and 2 texts, 4 a step
+    assert data[flipped + 12 :].startswith(b"\x09") and b"train/loss" in data[renamed : renamed + 60]
+    length = struct.unpack_from("<Q", data, flipped)[0]
+    data[flipped + 12 + length - 1] ^= 0x40  # the float's last byte
+    length = struct.unpack_from("<Q", data, renamed)[0]
+    payload = bytes(data[renamed + 12 : renamed + 12 + length]).replace(b"train/loss", b"train/lozz")
+    data[renamed + 12 : renamed + 16 + length] = payload + struct.pack("<I", masked_crc(payload))
+    path.write_bytes(bytes(data))
+    run = read_run([path])
+    series = kept(run)
+    assert len(series["loss"][1]) == 3000 - 2 and len(series["grad_norm"][1]) == 3000
+    assert run.other_tags == {"train/epoch": 3000, "train/lozz": 1}
+    assert sum("1 record(s) whose data CRC does not match" in n for n in run.notes) == 1
 
 
 # -- damage ------------------------------------------------------------------------------------------------------------
@@ -398,10 +458,14 @@ def test_streaming_matches_the_sequential_reader_on_a_restart_mid_file(tmp_path)
     run = assert_streams_like_reference([write_events(tmp_path, 1_700_000_000, items)])
     # the start at step 0 drops nothing and is no news; the restart at 12 drops 9 steps x 2 signals + 2 evals
     assert [n for n in run.notes if "SessionLog.START" in n] == [
-        f"{run.files[0]}: writer restarted (SessionLog.START) at step 12; dropped 20 earlier value(s) at steps >= 12, "
-        "as TensorBoard does",
-        f"{run.files[0]}: writer restarted (SessionLog.START) at step 25; dropped 14 earlier value(s) at steps >= 25, "
-        "as TensorBoard does",
+        (
+            f"{run.files[0]}: writer restarted (SessionLog.START) at step 12; dropped 20 earlier value(s) at steps "
+            ">= 12, as TensorBoard does"
+        ),
+        (
+            f"{run.files[0]}: writer restarted (SessionLog.START) at step 25; dropped 14 earlier value(s) at steps "
+            ">= 25, as TensorBoard does"
+        ),
     ]
 
 

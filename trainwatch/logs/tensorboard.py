@@ -1,10 +1,17 @@
 """TensorBoard event files, read completely and defensively, without TensorFlow.
 
 An event file is a TFRecord stream: ``uint64 length, uint32 masked CRC-32C(length), data, uint32 masked
-CRC-32C(data)``, each ``data`` a serialized ``tensorflow.Event``. We decode the few protobuf fields a scalar needs by
-hand (a varint walker over bytes is several times faster than building full protobuf objects) and check every CRC
-with google-crc32c (C-backed). Unlike TensorBoard's ``EventAccumulator`` nothing is sampled away: a one-step spike in
-a million-step run is still there. Unlike TensorBoard's own reader, one damaged record costs that record only.
+CRC-32C(data)``, each ``data`` a serialized ``tensorflow.Event``. Every CRC is checked. Unlike TensorBoard's
+``EventAccumulator`` nothing is sampled away: a one-step spike in a million-step run is still there. Unlike
+TensorBoard's own reader, one damaged record costs that record only.
+
+A long log is almost all one kind of record: a scalar written as ``simple_value``, whose bytes are the same for
+every value of a tag but for wall time, step and value (a :class:`_Layout`). Those are read in blocks with numpy
+over the file's bytes (:class:`EventReader`): their headers found by their form, their CRCs summed from tables (CRC
+is linear), their steps and values taken from fixed columns; a million scalars cost a few hundred numpy calls, not
+a million Python loops. Every other record (text, tensor scalars, restarts, a tag's first value, damage) is decoded
+one at a time by hand: a varint walker over the protobuf fields a scalar needs, several times faster than building
+protobuf objects, its CRC by google-crc32c.
 
 Scalars come in every encoding writers use: ``simple_value`` (TF1, torch, tensorboardX) and rank-0 tensors
 (``tensor_content``, ``float_val``, ``double_val``, ``int_val``, ``int64_val``, ``half_val``) of a tag whose first-seen
@@ -24,10 +31,11 @@ import math
 import os
 import re
 import struct
-from array import array
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
+from typing import NamedTuple
 
 import google_crc32c
 import numpy as np
@@ -54,8 +62,9 @@ TEXT_TAGS = ("args", "model_config")
 """Text summaries TensorBoardCallback writes at train begin: TrainingArguments and the model config, as JSON."""
 
 CHUNK_BYTES = 1 << 18
-"""Bytes read at a time. Larger reads are no faster, and buffers of a MiB or more fragment the heap: a long run's
-peak memory then grows with its length though nothing is kept."""
+"""Bytes read, then checked and decoded as a block, at a time. Larger blocks are somewhat faster (1 MiB: a quarter
+less time on a long log) but each costs its size in numpy arrays several times over (1 MiB: +11 MB of peak memory
+against +5 MB)."""
 _MASK_DELTA = 0xA282EAD8
 _FLOAT = struct.Struct("<f")
 _DOUBLE = struct.Struct("<d")
@@ -247,6 +256,140 @@ def _tensor(data: bytes, start: int, end: int) -> tuple[str, float | str | None]
     return "other", None
 
 
+# -- CRC-32C of many records at once ----------------------------------------------------------------------------------
+def _crc_tables(longest: int) -> tuple[np.ndarray, np.ndarray]:
+    """CRC-32C as a sum: ``crc(m) = zeros[len(m)] ^ XOR over k of byte_at[len(m) - 1 - k, m[k]]``.
+
+    The CRC register takes each byte through a map that is linear over GF(2), so a message's CRC is that of as
+    many zero bytes, plus one table entry per byte, by its value and its distance from the end. Table lookups
+    vectorise over thousands of records where a C call per record would not.
+    """
+    table = np.zeros(256, dtype=np.uint32)
+    for byte in range(256):
+        crc = byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
+        table[byte] = crc
+    byte_at = np.empty((longest, 256), dtype=np.uint32)
+    byte_at[0] = table
+    for distance in range(1, longest):
+        previous = byte_at[distance - 1]
+        byte_at[distance] = table[previous & 0xFF] ^ (previous >> 8)  # one more (zero) byte after it
+    zeros = np.array([google_crc32c.value(bytes(n)) for n in range(longest + 1)], dtype=np.uint32)
+    return byte_at, zeros
+
+
+def _masked(crc: np.ndarray) -> np.ndarray:
+    """:func:`masked_crc` of many CRCs at once."""
+    return ((crc >> np.uint32(15)) | (crc << np.uint32(17))) + np.uint32(_MASK_DELTA)
+
+
+_BULK_LENGTH = 256
+"""Records of fewer bytes of data than this are framed and decoded in bulk (a scalar's has about 40)."""
+_BYTE_AT, _ZEROS = _crc_tables(_BULK_LENGTH)
+_HEADER_CRC = _masked(_ZEROS[8] ^ _BYTE_AT[7])
+"""The masked CRC of every record header (a little-endian uint64 length) under 256."""
+_MAX_STEP_BYTES = 5
+"""Steps below 2**35 are decoded in bulk; longer varints (and negative steps) one record at a time."""
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """The bytes of every record of one scalar tag written as ``simple_value`` with a step of ``step_bytes`` bytes.
+
+    Writers serialise ``Event{wall_time, step, summary{value{tag, simple_value}}}`` with the fields in one order,
+    so all such records are byte for byte equal but for the wall time, the step and the value. A block of them is
+    checked and decoded at once: their other bytes compared with :attr:`template`, their CRC summed from the
+    template's and the table entries of the bytes that vary, the step and the value taken from fixed columns.
+    """
+
+    tag: int
+    length: int
+    step_bytes: int
+    template: np.ndarray
+    """The record's data with the varying bytes zeroed and the step's continuation bits set, as uint64 words (the
+    last one padded with zeros)."""
+    fixed: np.ndarray
+    """The bits that must equal the template's: all but wall time, value and the step's low 7 bits; uint64 words."""
+    template_crc: int
+    varying: tuple[tuple[int, np.ndarray], ...]
+    """``(column, its row of the CRC table)`` for each byte that varies."""
+
+    @classmethod
+    def of(cls, data: bytes, step_bytes: int, tag: int) -> _Layout:
+        length, step_end = len(data), 10 + step_bytes
+        template = np.zeros(-(-length // 8) * 8, dtype=np.uint8)
+        template[:length] = np.frombuffer(data, dtype=np.uint8)
+        fixed = np.zeros_like(template)
+        fixed[:length] = 0xFF
+        varying = [*range(1, 9), *range(10, step_end), *range(length - 4, length)]  # wall time, step, value
+        template[varying] = 0
+        fixed[varying] = 0
+        template[10 : step_end - 1] = fixed[10:step_end] = 0x80  # a varint's last byte has no continuation bit
+        rows = tuple((column, _BYTE_AT[length - 1 - column]) for column in varying)
+        template_crc = google_crc32c.value(template[:length].tobytes())
+        return cls(tag, length, step_bytes, template.view("<u8"), fixed.view("<u8"), template_crc, rows)
+
+    def match(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Which ``rows`` (uint64 words of records' data) are of this layout, and each row xor the template."""
+        diff = rows ^ self.template
+        differs = diff[:, 0] & self.fixed[0]
+        for word in range(1, len(self.fixed)):
+            differs |= diff[:, word] & self.fixed[word]
+        return differs == 0, diff
+
+    @property
+    def key(self) -> int:
+        return _layout_key(self.length, self.step_bytes)
+
+
+def _layout_key(length: int | np.ndarray, step_bytes: int | np.ndarray) -> int | np.ndarray:
+    return length * 8 + step_bytes
+
+
+_CONTINUED = np.array([1 + next(i for i in range(5) if not bits >> i & 1) for bits in range(16)], dtype=np.int64)
+"""By the continuation bits of a varint's first four bytes: its length, 5 for five or more (the layout's template
+checks that the fifth is its last)."""
+
+
+def _step_bytes(first_four: np.ndarray) -> np.ndarray:
+    """The length of each step varint, from its first four bytes (little-endian uint32 words)."""
+    bits = (first_four >> 7) & 1 | (first_four >> 14) & 2 | (first_four >> 21) & 4 | (first_four >> 28) & 8
+    return _CONTINUED[bits]
+
+
+def _framed(data: bytes, size: int, scratch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The start and data length of every valid record header under 256 bytes in ``data[:size]``, in order.
+
+    Found without walking the records: such a header's length is a uint64 whose seven high bytes are zero, and its
+    masked CRC one table lookup. A few may lie inside another record's data; only those the chain of lengths
+    reaches are records (:meth:`EventReader._consume` follows it). ``scratch``: two rows of at least ``size``
+    booleans, reused (allocating them anew for each buffer costs more than the scan).
+    """
+    if size < 12:
+        return np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
+    count = size - 1
+    zero = np.equal(np.frombuffer(data, dtype=np.uint8, count=count, offset=1), 0, out=scratch[0, :count])
+    two = np.logical_and(zero[:-1], zero[1:], out=scratch[1, : count - 1])
+    four = np.logical_and(two[:-2], two[2:], out=scratch[0, : count - 3])
+    seven = np.logical_and(four[: size - 11], four[3 : size - 8], out=scratch[1, : size - 11])  # bytes i+1..i+7
+    starts = np.flatnonzero(seven)
+    lengths = np.frombuffer(data, dtype=np.uint8, count=size)[starts]
+    valid = _HEADER_CRC[lengths] == _view(data, "<u4")[starts + 8]
+    return starts[valid], lengths[valid].astype(np.int64)
+
+
+def _view(data: bytes, dtype: str) -> np.ndarray:
+    """The little-endian number of ``dtype`` at every byte offset: ``_view(data, "<u4")[i]`` is bytes i..i+3."""
+    width = np.dtype(dtype).itemsize
+    return np.ndarray((len(data) - width + 1,), dtype, data, 0, (1,))
+
+
+def _rows(data: bytes, starts: np.ndarray, width: int) -> np.ndarray:
+    """``data[start : start + width]`` for each start, as the rows of a new array."""
+    return np.ndarray((len(data) - width + 1, width), np.uint8, data, 0, (1, 1))[starts]
+
+
 # -- records ----------------------------------------------------------------------------------------------------------
 @dataclass
 class FileStats:
@@ -271,8 +414,10 @@ class FileStats:
             if self.unframed_from is None and not self.truncated_bytes:
                 return [f"{name}: empty event file"]
             return [
-                f"{name}: no valid record at its start: not a TensorBoard event file, or cut off or damaged "
-                "before its first record was complete"
+                (
+                    f"{name}: no valid record at its start: not a TensorBoard event file, or cut off or damaged "
+                    "before its first record was complete"
+                )
             ]
         notes = []
         if self.truncated_bytes:
@@ -297,6 +442,273 @@ SESSION_START = None
 """The tag :func:`read_events` yields for a ``SessionLog.START`` (a restarted writer) at its step."""
 
 
+class Batch(NamedTuple):
+    """Scalars of one file in write order, then perhaps a ``SessionLog.START``: what :class:`EventReader` yields."""
+
+    steps: np.ndarray
+    """int64"""
+    tags: np.ndarray
+    """int32 indexes into ``names``"""
+    values: np.ndarray
+    """float64"""
+    names: list[str]
+    """The reader's tags so far, by index (it grows as the file is read)."""
+    restart: int | None = None
+    """The step of a ``SessionLog.START`` written after these scalars, if one was."""
+
+
+class EventReader:
+    """Every scalar of one event file, in write order, as :class:`Batch` es; damage counted in ``stats``.
+
+    ``plugins`` maps each tag to the plugin named with its first value (shared across a run's files, as
+    TensorBoard does); ``texts`` receives the first value of each tag in :data:`TEXT_TAGS`. At most ``limit``
+    bytes are read. Set :attr:`values_wanted` to False to have only restarts from then on: every record is still
+    checked and counted, but no scalar is collected (:func:`read_run`'s first pass needs a file's first train and
+    eval values, then only its restarts).
+
+    A long run's records are read in blocks, with numpy over the file's bytes: the headers are found by their
+    form, the chain of lengths followed, and the records of each known :class:`_Layout` (a scalar of one tag)
+    checked and decoded together. Any other record (text, a tensor scalar, a restart, damage, a tag's first value)
+    goes through the general decoder, in its place in the order; a layout it meets is known from then on.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        stats: FileStats,
+        plugins: dict[str, str | None],
+        texts: dict[str, str],
+        *,
+        limit: int | None = None,
+    ) -> None:
+        self.path, self.stats, self.plugins, self.texts, self.limit = path, stats, plugins, texts, limit
+        self.values_wanted = True
+        self.names: list[str] = []
+        self._ids: dict[str, int] = {}
+        self._tag_names: dict[bytes, str] = {}
+        self._layouts: dict[int, list[_Layout]] = {}
+        self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._singles: tuple[list[int], list[int], list[float]] = ([], [], [])
+        self._scratch = np.empty((2, CHUNK_BYTES + 1024), dtype=bool)
+
+    def __iter__(self) -> Iterator[Batch]:
+        stats = self.stats
+        remaining = (1 << 63) if self.limit is None else self.limit
+        with open(self.path, "rb") as f:
+            buffer, pos, consumed, needed = b"", 0, 0, CHUNK_BYTES
+            try:
+                while True:
+                    more = f.read(min(max(CHUNK_BYTES, needed - (len(buffer) - pos)), remaining))
+                    if not more:
+                        stats.truncated_bytes += len(buffer) - pos
+                        return
+                    remaining -= len(more)
+                    consumed += pos
+                    buffer, pos = buffer[pos:] + more, 0
+                    pos, needed = yield from self._consume(buffer)
+                    if self._pending or self._singles[0]:
+                        yield self._batch()
+                    if needed < 0:  # a header whose CRC does not match: the records cannot be told apart
+                        stats.unframed_from = consumed + pos
+                        stats.unread_bytes = len(buffer) - pos + min(remaining, os.fstat(f.fileno()).st_size - f.tell())
+                        return
+            finally:
+                stats.read_bytes += consumed + len(buffer)
+
+    def _consume(self, buffer: bytes) -> Generator[Batch, None, tuple[int, int]]:
+        """Read every whole record in ``buffer``; return where the first one not read starts, and how many bytes
+        reading it needs (-1: its header is damaged)."""
+        size, pos = len(buffer), 0
+        padded = buffer + bytes(8)  # a record's last uint64 word may run past the buffer
+        if len(self._scratch[0]) < size:
+            self._scratch = np.empty((2, size), dtype=bool)
+        starts, lengths = _framed(padded, size, self._scratch)
+        ends = starts + 16 + lengths
+        breaks = np.flatnonzero(ends[:-1] != starts[1:])  # where the next valid header is not the next record
+        while True:
+            k = int(np.searchsorted(starts, pos))
+            if k < len(starts) and starts[k] == pos:
+                last = breaks[np.searchsorted(breaks, k)] if len(breaks) and breaks[-1] >= k else len(starts) - 1
+                whole = int(np.searchsorted(ends[k : last + 1], size, side="right"))
+                if whole:
+                    yield from self._block(padded, starts[k : k + whole], lengths[k : k + whole])
+                    pos = int(ends[k + whole - 1])
+                    continue
+            # one record by hand: a long one, the last one in the buffer, or a damaged header
+            if size - pos < 12:
+                return pos, 12
+            length, length_crc = _HEADER.unpack_from(buffer, pos)
+            if masked_crc(buffer[pos : pos + 8]) != length_crc:
+                return pos, -1
+            if pos + 16 + length > size:
+                return pos, 16 + length
+            for event in self._record(buffer, pos, length)[0]:
+                if event[1] is SESSION_START:
+                    yield self._batch(restart=event[0])
+                else:
+                    self._add(*event)
+            pos += 16 + length
+
+    def _block(self, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> Iterator[Batch]:
+        """Consecutive whole records: those of a known layout in bulk, the others one by one, in order."""
+        count = len(starts)
+        tags = np.full(count, -1, dtype=np.int32)
+        steps = np.zeros(count, dtype=np.int64)
+        values = np.zeros(count, dtype=np.float64)
+        good = np.zeros(count, dtype=bool)
+        step_bytes = _step_bytes(_view(buffer, "<u4")[np.minimum(starts + 22, len(buffer) - 4)])
+        keys = _layout_key(lengths, step_bytes).astype(np.int16)  # < 2 048: sorted by radix
+        self._match(buffer, starts, keys, np.arange(count), tags, steps, values, good)
+        at = 0
+        others = np.flatnonzero(tags < 0)
+        while len(others):
+            other = int(others[0])
+            self._add_bulk(steps[at:other], tags[at:other], values[at:other], good[at:other])
+            events, learned = self._record(buffer, int(starts[other]), int(lengths[other]))
+            for event in events:
+                if event[1] is SESSION_START:
+                    yield self._batch(restart=event[0])
+                else:
+                    self._add(*event)
+            at = other + 1
+            if learned is None:
+                others = others[1:]
+                continue
+            same = np.flatnonzero(keys[at:] == learned) + at  # records after it may be of the layout it taught
+            if len(same):
+                self._match(buffer, starts, keys, same, tags, steps, values, good)
+                others = np.flatnonzero(tags[at:] < 0) + at
+            else:
+                others = others[1:]
+        self._add_bulk(steps[at:], tags[at:], values[at:], good[at:])
+        matched = int(np.count_nonzero(tags >= 0))
+        bulk_good = int(np.count_nonzero(good))
+        self.stats.records += bulk_good
+        self.stats.scalars += bulk_good
+        self.stats.bad_data_crc += matched - bulk_good
+
+    def _match(
+        self,
+        buffer: bytes,
+        starts: np.ndarray,
+        keys: np.ndarray,
+        chosen: np.ndarray,
+        tags: np.ndarray,
+        steps: np.ndarray,
+        values: np.ndarray,
+        good: np.ndarray,
+    ) -> None:
+        """For the ``chosen`` records of a known layout: their tag (else -1 is left), step, value, and whether
+        their CRC matches."""
+        if not self._layouts:
+            return
+        order = chosen[np.argsort(keys[chosen], kind="stable")]
+        ordered = keys[order]
+        cuts = [0, *(np.flatnonzero(ordered[1:] != ordered[:-1]) + 1).tolist(), len(ordered)]
+        crc_at = _view(buffer, "<u4")
+        for low, high in pairwise(cuts):
+            layouts = self._layouts.get(int(ordered[low]))
+            if layouts is None:
+                continue
+            group = order[low:high]
+            length = layouts[0].length
+            rows = _rows(buffer, starts[group] + 12, len(layouts[0].template) * 8).view("<u8")
+            left = np.ones(len(group), dtype=bool)
+            for layout in layouts:
+                hit, words = layout.match(rows)
+                hit &= left
+                if not hit.any():
+                    continue
+                which = group
+                if not hit.all():
+                    which, words = group[hit], words[hit]
+                diff = words.view(np.uint8)
+                crc = np.full(len(which), layout.template_crc, dtype=np.uint32)
+                for column, table in layout.varying:
+                    crc ^= table.take(diff[:, column])
+                good[which] = _masked(crc) == crc_at[starts[which] + 12 + length]
+                tags[which] = layout.tag
+                if self.values_wanted:
+                    step = np.zeros(len(which), dtype=np.int64)
+                    for byte in range(layout.step_bytes):
+                        step |= (diff[:, 10 + byte] & 0x7F).astype(np.int64) << (7 * byte)
+                    steps[which] = step
+                    values[which] = np.ascontiguousarray(diff[:, length - 4 : length]).view("<f4")[:, 0]
+                left &= ~hit
+                if not left.any():
+                    break
+
+    def _record(self, buffer: bytes, start: int, length: int) -> tuple[list[tuple[int, str | None, float]], int | None]:
+        """One record by the general decoder: its events, and the key of the layout it taught, if it did."""
+        stats = self.stats
+        data = buffer[start + 12 : start + 12 + length]
+        checksum = google_crc32c.value(data)
+        if (((checksum >> 15) | (checksum << 17)) + _MASK_DELTA) & 0xFFFFFFFF != _CRC.unpack_from(
+            buffer, start + 12 + length
+        )[0]:
+            stats.bad_data_crc += 1
+            return [], None
+        stats.records += 1
+        try:
+            # the layout writers use for one simple_value: wall_time, step, summary{value{tag, value}}
+            if 20 < length and data[0] == 0x09 and data[9] == 0x10:
+                step, at = _varint(data, 10)
+                tag = _one_scalar_layout(data[at : length - 4], self._tag_names, self.plugins)
+                if tag is not None:
+                    stats.scalars += 1
+                    learned = None
+                    if at - 10 <= _MAX_STEP_BYTES and length < _BULK_LENGTH:
+                        layout = _Layout.of(data, at - 10, self._id(tag))
+                        self._layouts.setdefault(layout.key, []).append(layout)
+                        learned = layout.key
+                    return [(_int64(step), tag, _FLOAT.unpack_from(data, length - 4)[0])], learned
+            found = _decode_event(data, self.plugins, self.texts, self._tag_names)
+        except (Undecodable, IndexError, struct.error, ValueError):
+            stats.undecodable += 1
+            return [], None
+        stats.scalars += sum(tag is not SESSION_START for _, tag, _ in found)
+        return found, None
+
+    def _id(self, tag: str) -> int:
+        number = self._ids.get(tag)
+        if number is None:
+            number = self._ids[tag] = len(self.names)
+            self.names.append(tag)
+        return number
+
+    def _add(self, step: int, tag: str, value: float) -> None:
+        if self.values_wanted:
+            steps, tags, values = self._singles
+            steps.append(step)
+            tags.append(self._id(tag))
+            values.append(value)
+
+    def _add_bulk(self, steps: np.ndarray, tags: np.ndarray, values: np.ndarray, good: np.ndarray) -> None:
+        if self.values_wanted and good.any():
+            self._flush_singles()
+            self._pending.append((steps[good], tags[good], values[good]))
+
+    def _flush_singles(self) -> None:
+        steps, tags, values = self._singles
+        if steps:
+            self._pending.append(
+                (np.array(steps, dtype=np.int64), np.array(tags, dtype=np.int32), np.array(values, dtype=np.float64))
+            )
+            self._singles = ([], [], [])
+
+    def _batch(self, restart: int | None = None) -> Batch:
+        """What was collected since the last batch, then ``restart``."""
+        self._flush_singles()
+        pending, self._pending = self._pending, []
+        if len(pending) == 1:
+            steps, tags, values = pending[0]
+        else:
+            steps = np.concatenate([p[0] for p in pending]) if pending else np.empty(0, dtype=np.int64)
+            tags = np.concatenate([p[1] for p in pending]) if pending else np.empty(0, dtype=np.int32)
+            values = np.concatenate([p[2] for p in pending]) if pending else np.empty(0, dtype=np.float64)
+        return Batch(steps, tags, values, self.names, restart)
+
+
 def read_events(
     path: str | os.PathLike[str],
     stats: FileStats,
@@ -304,106 +716,15 @@ def read_events(
     texts: dict[str, str],
     *,
     limit: int | None = None,
-    quiet: bool = False,
-) -> Generator[tuple[int, str | None, float], bool | None, None]:
-    """``(step, tag, value)`` for every scalar of one file in write order, and ``(step, SESSION_START, nan)``.
-
-    ``plugins`` maps each tag to the plugin named with its first value (shared across a run's files, as
-    TensorBoard does); ``texts`` receives the first value of each tag in :data:`TEXT_TAGS`. Damage is counted in
-    ``stats``. At most ``limit`` bytes are read. Framing, CRC checks and the common scalar layout are decoded in
-    this one loop: it runs once per record, a million times for a long run, so it avoids every call it can.
-
-    ``quiet`` (or sending ``True`` into the generator) yields only ``SESSION_START`` from then on: every record is
-    still checked and counted, but its scalars are neither unpacked nor yielded. :func:`read_run`'s first pass
-    needs a file's first train and eval values, then only its restarts.
-    """
-    tag_names: dict[bytes, str] = {}
-    valid_headers: dict[bytes, int] = {}  # a header seen valid needs no second CRC: most records share a length
-    layouts: dict[bytes, str] = {}  # the bytes of a valid one-scalar layout (all but time, step, value) -> its tag
-    crc = google_crc32c.value
-    unpack_crc = _CRC.unpack_from
-    unpack_float = _FLOAT.unpack_from
-    records = scalars = 0
-    remaining = (1 << 63) if limit is None else limit
-    with open(path, "rb") as f:
-        buffer, pos, consumed = b"", 0, 0
-        try:
-            while True:
-                if len(buffer) - pos < 12:
-                    more = f.read(min(CHUNK_BYTES, remaining))
-                    if not more:
-                        stats.truncated_bytes += len(buffer) - pos
-                        return
-                    remaining -= len(more)
-                    consumed += pos
-                    buffer, pos = buffer[pos:] + more, 0
-                    continue
-                header = buffer[pos : pos + 12]
-                length = valid_headers.get(header)
-                if length is None:
-                    length, length_crc = _HEADER.unpack(header)
-                    if masked_crc(header[:8]) != length_crc:
-                        stats.unframed_from = consumed + pos
-                        unread = min(remaining, os.fstat(f.fileno()).st_size - f.tell())
-                        stats.unread_bytes = len(buffer) - pos + unread
-                        return
-                    valid_headers[header] = length
-                end = pos + 16 + length
-                if end > len(buffer):
-                    more = f.read(min(max(CHUNK_BYTES, end - len(buffer)), remaining))
-                    if not more:
-                        stats.truncated_bytes += len(buffer) - pos
-                        return
-                    remaining -= len(more)
-                    consumed += pos
-                    buffer, pos = buffer[pos:] + more, 0
-                    continue
-                data = buffer[pos + 12 : end - 4]
-                pos = end
-                checksum = crc(data)
-                if (((checksum >> 15) | (checksum << 17)) + _MASK_DELTA) & 0xFFFFFFFF != unpack_crc(buffer, end - 4)[0]:
-                    stats.bad_data_crc += 1
-                    continue
-                records += 1
-                try:
-                    # Fast path, the layout writers use for one simple_value: wall_time, step, summary{value{tag, v}}.
-                    if 20 < length and data[0] == 0x09 and data[9] == 0x10:
-                        step = data[10]
-                        at = 11
-                        if step >= 0x80:  # steps below 2**21 inline (a call per record costs), longer by _varint
-                            byte = data[11]
-                            step = (step & 0x7F) | (byte & 0x7F) << 7
-                            at = 12
-                            if byte >= 0x80:
-                                byte = data[12]
-                                step |= (byte & 0x7F) << 14
-                                at = 13
-                                if byte >= 0x80:
-                                    step, at = _varint(data, 10)
-                                    step = _int64(step)
-                        layout = data[at : length - 4]
-                        tag = layouts.get(layout)
-                        if tag is None:
-                            tag = _one_scalar_layout(layout, tag_names, plugins)
-                            if tag is not None:
-                                layouts[layout] = tag
-                        if tag is not None:
-                            scalars += 1
-                            if not quiet and (yield step, tag, unpack_float(data, length - 4)[0]):
-                                quiet = True
-                            continue
-                    found = _decode_event(data, plugins, texts, tag_names)
-                except (Undecodable, IndexError, struct.error, ValueError):
-                    stats.undecodable += 1
-                    continue
-                for item in found:
-                    scalars += item[1] is not None
-                    if (not quiet or item[1] is SESSION_START) and (yield item):
-                        quiet = True
-        finally:
-            stats.records += records
-            stats.scalars += scalars
-            stats.read_bytes += consumed + len(buffer)
+) -> Iterator[tuple[int, str | None, float]]:
+    """``(step, tag, value)`` for every scalar of one file in write order, and ``(step, SESSION_START, nan)``: the
+    :class:`EventReader`'s batches one value at a time."""
+    for batch in EventReader(path, stats, plugins, texts, limit=limit):
+        names = batch.names
+        for step, tag, value in zip(batch.steps.tolist(), batch.tags.tolist(), batch.values.tolist()):
+            yield step, names[tag], value
+        if batch.restart is not None:
+            yield batch.restart, SESSION_START, math.nan
 
 
 def _one_scalar_layout(layout: bytes, tag_names: dict[bytes, str], plugins: dict[str, str | None]) -> str | None:
@@ -478,13 +799,8 @@ def _decode_event(
 
 
 # -- a run: its files stitched into one series, in two passes ---------------------------------------------------------
-_NEVER = 1 << 63
-"""A step beyond int64: the limit of a signal that no later marker covers."""
 _ALL = frozenset(range(len(SIGNALS)))
 _EVAL_ONLY = frozenset((EVAL_SIGNAL,))
-_FEED_VALUES = 1 << 12
-"""Kept values buffered before they are handed to the curves' decimators in one numpy step (small, for the same
-reason as :data:`CHUNK_BYTES`)."""
 
 
 @dataclass(frozen=True)
@@ -514,6 +830,19 @@ class _Marker:
         )
 
 
+class _Signals:
+    """The signal (index into :data:`SIGNALS`, -1 for none) of each tag of a reader, kept up to date as it grows."""
+
+    def __init__(self) -> None:
+        self.of = np.empty(0, dtype=np.int8)
+
+    def __call__(self, batch: Batch) -> np.ndarray:
+        if len(self.of) < len(batch.names):
+            known = [SIGNAL_TAGS.get(name, -1) for name in batch.names[len(self.of) :]]
+            self.of = np.concatenate([self.of, np.array(known, dtype=np.int8)])
+        return self.of[batch.tags]
+
+
 @dataclass
 class TensorBoardRun:
     """One run's signals, streamed in write order with restarts and resumes resolved, in memory that does not grow
@@ -523,9 +852,10 @@ class TensorBoardRun:
     until the end to know which survive (~100 bytes per logged step). Instead :func:`read_run` reads the files
     twice. Pass 1 (done by :func:`read_run`) finds the markers, few as the files and restarts are: each
     ``SessionLog.START`` and each later file's first train and first eval value; it also collects the text
-    summaries, the damage notes and the record counts. Pass 2 (:meth:`values`, :meth:`entries`) reads the files
-    again and keeps a value unless a marker after it covers it, which is what replaying the markers in order would
-    leave. Per-signal minima of the steps of the markers still ahead make that test one comparison per value.
+    summaries, the damage notes and the record counts. Pass 2 (:meth:`batches`, :meth:`values`, :meth:`entries`)
+    reads the files again and keeps a value unless a marker after it covers it, which is what replaying the
+    markers in order would leave. Per-signal minima of the steps of the markers still ahead make that test one
+    comparison per value.
 
     :attr:`notes` (restarts and resumes, which pass 2 counts), :attr:`other_tags` and :meth:`curves` are complete
     once a pass 2 has run to its end; each iteration is a new pass 2 over the same bytes.
@@ -542,49 +872,51 @@ class TensorBoardRun:
     _read_bytes: list[int] = field(default_factory=list, init=False, repr=False)
     _file_boundaries: list[int] = field(default_factory=list, init=False, repr=False)
     _markers: list[_Marker] = field(default_factory=list, init=False, repr=False)
-    _limits: list[list[int]] = field(default_factory=list, init=False, repr=False)
-    """Per boundary b: for each signal, the lowest step a marker at b or later covers."""
+    _limits: np.ndarray = field(default_factory=lambda: np.empty((0, len(SIGNALS)), np.int64), init=False, repr=False)
+    """Per boundary b: for each signal, the lowest step a marker at b or later covers ..."""
+    _bounded: np.ndarray = field(default_factory=lambda: np.empty((0, len(SIGNALS)), bool), init=False, repr=False)
+    """... if one does."""
     _curves: list[Decimator] = field(default_factory=lambda: [Decimator() for _ in SIGNALS], init=False, repr=False)
 
-    def values(self) -> Iterator[tuple[int, int, float]]:
-        """Pass 2: ``(step, signal, value)`` for each value kept, in write order; ``signal`` indexes :data:`SIGNALS`.
-
-        At its end :attr:`notes` gains what each restart and resume dropped (counted only here)."""
-        limits, signal_tags = self._limits, SIGNAL_TAGS
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Pass 2: ``(steps, signals, values)`` arrays of the values kept, in write order; ``signals`` index
+        :data:`SIGNALS`. At its end :attr:`notes` gains what each restart and resume dropped (counted only here)."""
         dropped = [0] * len(self._markers)
         problems: list[str] = []
         other_tags: dict[str, int] = {}
         self.other_tags = other_tags
         self._curves = [Decimator() for _ in SIGNALS]
-        kept_steps, kept_signals, kept_values = array("q"), array("b"), array("d")
-        feed_at = _FEED_VALUES
         plugins: dict[str, str | None] = {}
         for path, size, boundary in zip(self.files, self._read_bytes, self._file_boundaries):
             if not size:  # nothing there, or pass 1 could not open it (already noted)
                 continue
-            limit = limits[boundary + 1]
+            signal_of = _Signals()
             try:
-                for step, tag, value in read_events(path, FileStats(path), plugins, {}, limit=size):
-                    signal = signal_tags.get(tag)  # type: ignore[arg-type]
-                    if signal is None:
-                        if tag is SESSION_START:
-                            boundary += 1
-                            limit = limits[boundary + 1]
-                        else:
-                            other_tags[tag] = other_tags.get(tag, 0) + 1  # type: ignore[index]
-                        continue
-                    if step >= limit[signal]:
-                        dropped[self._dropped_by(boundary, step, signal)] += 1
-                        continue
-                    kept_steps.append(step)
-                    kept_signals.append(signal)
-                    kept_values.append(value)
-                    if len(kept_values) == feed_at:
-                        self._feed(kept_steps, kept_signals, kept_values)
-                    yield step, signal, value
+                for batch in EventReader(path, FileStats(path), plugins, {}, limit=size):
+                    if len(batch.steps):
+                        signals = signal_of(batch)
+                        ours = signals >= 0
+                        if not ours.all():
+                            counts = np.bincount(batch.tags[~ours], minlength=len(batch.names))
+                            for tag in np.flatnonzero(counts).tolist():
+                                name = batch.names[tag]
+                                other_tags[name] = other_tags.get(name, 0) + int(counts[tag])
+                        steps, signals, values = batch.steps[ours], signals[ours], batch.values[ours]
+                        covered = self._bounded[boundary + 1][signals] & (steps >= self._limits[boundary + 1][signals])
+                        if covered.any():
+                            self._count_dropped(boundary, steps[covered], signals[covered], dropped)
+                            kept = ~covered
+                            steps, signals, values = steps[kept], signals[kept], values[kept]
+                        if len(steps):
+                            for signal, decimator in enumerate(self._curves):
+                                mine = signals == signal
+                                if mine.any():
+                                    decimator.extend(steps[mine], values[mine])
+                            yield steps, signals, values
+                    if batch.restart is not None:
+                        boundary += 1
             except OSError as error:  # pass 1 read it: it changed since
                 problems.append(f"{path}: could not be read ({error.strerror or error})")
-        self._feed(kept_steps, kept_signals, kept_values)
         counted = list(zip(self._markers, dropped))
         self.notes = [
             *self._read_notes,
@@ -593,34 +925,58 @@ class TensorBoardRun:
             *(m.note(n) for m, n in counted if n and not m.restart),
         ]
 
-    def _dropped_by(self, boundary: int, step: int, signal: int) -> int:
-        """The first marker after ``boundary`` that covers the value: the one that, replayed in order, dropped it."""
-        return next(
-            i for i, m in enumerate(self._markers) if m.boundary > boundary and step >= m.step and signal in m.signals
-        )
+    def _count_dropped(self, boundary: int, steps: np.ndarray, signals: np.ndarray, dropped: list[int]) -> None:
+        """Charge each covered value to the first marker after ``boundary`` that covers it: the one that, replayed
+        in order, dropped it."""
+        left = np.ones(len(steps), dtype=bool)
+        for number, marker in enumerate(self._markers):
+            if marker.boundary <= boundary:
+                continue
+            hit = left & (steps >= marker.step) & np.isin(signals, list(marker.signals))
+            dropped[number] += int(np.count_nonzero(hit))
+            left &= ~hit
+            if not left.any():
+                return
 
-    def _feed(self, steps: array, signals: array, values: array) -> None:
-        """Hand buffered kept values to each signal's decimator, and empty the buffers."""
-        which = np.array(signals, dtype=np.int8)
-        all_steps, all_values = np.array(steps, dtype=np.int64), np.array(values, dtype=np.float64)
-        for signal, decimator in enumerate(self._curves):
-            mine = which == signal
-            if mine.any():
-                decimator.extend(all_steps[mine], all_values[mine])
-        del steps[:], signals[:], values[:]
+    def values(self) -> Iterator[tuple[int, int, float]]:
+        """Pass 2 one value at a time: ``(step, signal, value)`` for each value kept, in write order."""
+        for steps, signals, values in self.batches():
+            yield from zip(steps.tolist(), signals.tolist(), values.tolist())
 
     def entries(self) -> Iterator[tuple[int, dict[str, float]]]:
-        """The run as Trainer's ``on_log`` saw it: one entry per log call (same step, train or eval, no tag twice)."""
+        """The run as Trainer's ``on_log`` saw it: one entry per log call (same step, train or eval, no tag twice).
+
+        The values of one log call are consecutive, so entries are cut where the step or train/eval changes, in
+        bulk; where a signal repeats within such a cut (a writer that logged a tag twice at one step), value by
+        value."""
         current: dict[str, float] = {}
         current_step, current_eval = None, False
-        for step, signal, value in self.values():
-            name = SIGNALS[signal]
-            is_eval = signal == EVAL_SIGNAL
-            if current and (step != current_step or is_eval != current_eval or name in current):
+        for steps, signals, values in self.batches():
+            is_eval = signals == EVAL_SIGNAL
+            cut = np.flatnonzero((steps[1:] != steps[:-1]) | (is_eval[1:] != is_eval[:-1])) + 1
+            bounds = [0, *cut.tolist(), len(steps)]
+            bits = np.left_shift(1, signals.astype(np.int64))
+            starts = bounds[:-1]
+            if not np.array_equal(np.add.reduceat(bits, starts), np.bitwise_or.reduceat(bits, starts)):
+                bounds = [0, len(steps)]  # a signal repeats within a cut: all by hand
+            step_list, value_list = steps.tolist(), values.tolist()
+            names = [SIGNALS[s] for s in signals.tolist()]
+            eval_list = is_eval.tolist()
+            # the first cut may continue the entry the last batch ended with: by hand
+            for i in range(bounds[1]):
+                step, name, evaluating = step_list[i], names[i], eval_list[i]
+                if current and (step != current_step or evaluating != current_eval or name in current):
+                    yield current_step, current  # type: ignore[misc]
+                    current = {}
+                current_step, current_eval = step, evaluating
+                current[name] = value_list[i]
+            if len(bounds) > 2:
                 yield current_step, current  # type: ignore[misc]
-                current = {}
-            current_step, current_eval = step, is_eval
-            current[name] = value
+                for low, high in pairwise(bounds[1:-1]):
+                    yield step_list[low], dict(zip(names[low:high], value_list[low:high]))
+                low = bounds[-2]
+                current = dict(zip(names[low:], value_list[low:]))
+                current_step, current_eval = step_list[low], eval_list[low]
         if current:
             yield current_step, current  # type: ignore[misc]
 
@@ -635,8 +991,8 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
     Where a later file starts writing a step an earlier file already covered, the training restarted there (a
     resume from a checkpoint): the later values win, as they describe the run that went on. A ``SessionLog.START``
     drops earlier values at steps >= its step, as TensorBoard does. This pass records those markers (few: one per
-    restart, two per file), the text summaries, the counts and the damage notes; it unpacks no value once a file's
-    first train and eval values are known. Iterate the run's :meth:`~TensorBoardRun.entries` for the values.
+    restart, two per file), the text summaries, the counts and the damage notes; it collects no value once a
+    file's first train and eval values are known. Iterate the run's :meth:`~TensorBoardRun.entries` for the values.
     """
     run = TensorBoardRun(files=[str(f) for f in files])
     plugins: dict[str, str | None] = {}
@@ -647,28 +1003,25 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
         run._file_boundaries.append(start)
         stats = FileStats(path)
         need_train = need_eval = start > 0  # a later file's first values resume over the earlier files
-        events = read_events(path, stats, plugins, run.texts, quiet=not need_train)
-        request: bool | None = None
+        reader = EventReader(path, stats, plugins, run.texts)
+        reader.values_wanted = need_train
+        signal_of = _Signals()
         try:
-            while True:
-                try:
-                    step, tag, _ = events.send(request)
-                except StopIteration:
-                    break
-                if tag is SESSION_START:
+            for batch in reader:
+                if len(batch.steps):
+                    signals = signal_of(batch)
+                    train = np.flatnonzero((signals >= 0) & (signals != EVAL_SIGNAL))
+                    evals = np.flatnonzero(signals == EVAL_SIGNAL)
+                    if need_train and len(train):
+                        run._markers.append(_Marker(start, int(batch.steps[train[0]]), _ALL, path, restart=False))
+                        need_train = False
+                    if need_eval and len(evals):
+                        run._markers.append(_Marker(start, int(batch.steps[evals[0]]), _EVAL_ONLY, path, restart=False))
+                        need_eval = False
+                    reader.values_wanted = need_train or need_eval
+                if batch.restart is not None:
                     boundary += 1
-                    run._markers.append(_Marker(boundary, step, _ALL, path, restart=True))
-                    continue
-                signal = SIGNAL_TAGS.get(tag)  # type: ignore[arg-type]
-                if signal is None:
-                    continue
-                if signal == EVAL_SIGNAL and need_eval:
-                    run._markers.append(_Marker(start, step, _EVAL_ONLY, path, restart=False))
-                    need_eval = False
-                elif signal != EVAL_SIGNAL and need_train:
-                    run._markers.append(_Marker(start, step, _ALL, path, restart=False))
-                    need_train = False
-                request = not (need_train or need_eval) or None
+                    run._markers.append(_Marker(boundary, batch.restart, _ALL, path, restart=True))
         except OSError as error:
             run._read_notes.append(f"{path}: could not be read ({error.strerror or error})")
         run._read_bytes.append(stats.read_bytes)
@@ -676,23 +1029,26 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
         run.scalars += stats.scalars
         run._read_notes.extend(stats.notes())
 
-    run._limits = _suffix_minima(run._markers, boundary + 1)
+    run._limits, run._bounded = _suffix_minima(run._markers, boundary + 1)
     run.notes = list(run._read_notes)
     return run
 
 
-def _suffix_minima(markers: list[_Marker], boundaries: int) -> list[list[int]]:
-    """For each boundary b (and one past the last): per signal, the lowest step of the markers at b or later."""
+def _suffix_minima(markers: list[_Marker], boundaries: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each boundary b (and one past the last): per signal, the lowest step of the markers at b or later, and
+    whether there is one."""
     at: dict[int, list[_Marker]] = {}
     for marker in markers:
         at.setdefault(marker.boundary, []).append(marker)
-    lowest = [_NEVER] * len(SIGNALS)
+    lowest: list[int | None] = [None] * len(SIGNALS)
     limits = [lowest] * (boundaries + 1)
     for b in range(boundaries - 1, -1, -1):
         if b in at:
             lowest = list(lowest)
             for marker in at[b]:
                 for signal in marker.signals:
-                    lowest[signal] = min(lowest[signal], marker.step)
+                    low = lowest[signal]
+                    lowest[signal] = marker.step if low is None else min(low, marker.step)
         limits[b] = lowest
-    return limits
+    steps = np.array([[0 if s is None else s for s in row] for row in limits], dtype=np.int64)
+    return steps, np.array([[s is not None for s in row] for row in limits], dtype=bool)
