@@ -39,6 +39,8 @@ TRASH = ".trash"
 FINISHED = {"FINISHED", 3}
 """A run's status when it ended normally (the SQLite store names it, the file store numbers it)."""
 STATUS_NAMES = {1: "RUNNING", 2: "SCHEDULED", 3: "FINISHED", 4: "FAILED", 5: "KILLED"}
+SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
+"""What a damaged database raises: SQLite's errors, and Python's when an error message itself is not UTF-8."""
 
 
 def is_sqlite_file(path: Path) -> bool:
@@ -63,7 +65,7 @@ def store_runs(path: Path) -> list[tuple[str, str]]:
                 "SELECT r.run_uuid, r.name, e.name FROM runs r LEFT JOIN experiments e USING (experiment_id) "
                 "WHERE r.lifecycle_stage IS NOT 'deleted' ORDER BY r.start_time, r.run_uuid"
             ).fetchall()
-    except sqlite3.Error:
+    except SQLITE_ERRORS:
         return []
     return [(str(run), f"{experiment}/{name or run}") for run, name, experiment in rows if run is not None]
 
@@ -84,7 +86,7 @@ def read_mlflow_run(path: str | os.PathLike[str], run_id: str | None = None) -> 
             ).fetchall()
             params = db.execute("SELECT key, value FROM params WHERE run_uuid = ?", (run_id,)).fetchall()
             status = db.execute("SELECT status FROM runs WHERE run_uuid = ?", (run_id,)).fetchone()
-    except sqlite3.Error as error:
+    except SQLITE_ERRORS as error:
         raise LogReadError(f"{path}: cannot read the MLflow store ({error})") from None
     values, skipped = [], 0
     for step, key, value, is_nan in metrics:
@@ -101,15 +103,18 @@ def read_mlflow_run(path: str | os.PathLike[str], run_id: str | None = None) -> 
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    """Read-only: trainwatch never writes to a user's store, not even a lock or a journal."""
-    return sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    """Read-only: trainwatch never writes to a user's store, not even a lock or a journal. Text that is not UTF-8
+    (a damaged file) is read with replacement characters: sqlite3 would raise UnicodeDecodeError mid-query."""
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    db.text_factory = lambda data: data.decode("utf-8", errors="replace")
+    return db
 
 
 def _why_no_runs(path: Path) -> str:
     try:
         with closing(_connect(path)) as db:
             tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    except sqlite3.Error as error:
+    except SQLITE_ERRORS as error:
         return f"{path}: cannot read the MLflow store ({error})"
     if not {"runs", "metrics", "params"} <= tables:
         return f"{path}: not an MLflow store (a SQLite database without MLflow's runs and metrics tables)"
