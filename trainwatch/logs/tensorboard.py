@@ -41,7 +41,7 @@ import google_crc32c
 import numpy as np
 
 from trainwatch.curves import Decimator
-from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS
+from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, Signals
 
 SIGNALS = (LOSS, GRAD_NORM, LEARNING_RATE, EVAL_LOSS)
 SIGNAL_TAGS: dict[str, int] = {
@@ -943,13 +943,14 @@ class TensorBoardRun:
         for steps, signals, values in self.batches():
             yield from zip(steps.tolist(), signals.tolist(), values.tolist())
 
-    def entries(self) -> Iterator[tuple[int, dict[str, float]]]:
-        """The run as Trainer's ``on_log`` saw it: one entry per log call (same step, train or eval, no tag twice).
+    def entries(self) -> Iterator[tuple[int, Signals]]:
+        """The run as Trainer's ``on_log`` saw it: one entry per log call (same step, train or eval, no tag twice),
+        of Trainer's signals only (:class:`~trainwatch.history.Signals`, which the engine records as they are).
 
         The values of one log call are consecutive, so entries are cut where the step or train/eval changes, in
         bulk; where a signal repeats within such a cut (a writer that logged a tag twice at one step), value by
         value."""
-        current: dict[str, float] = {}
+        current = Signals()
         current_step, current_eval = None, False
         for steps, signals, values in self.batches():
             is_eval = signals == EVAL_SIGNAL
@@ -967,15 +968,15 @@ class TensorBoardRun:
                 step, name, evaluating = step_list[i], names[i], eval_list[i]
                 if current and (step != current_step or evaluating != current_eval or name in current):
                     yield current_step, current  # type: ignore[misc]
-                    current = {}
+                    current = Signals()
                 current_step, current_eval = step, evaluating
                 current[name] = value_list[i]
             if len(bounds) > 2:
                 yield current_step, current  # type: ignore[misc]
                 for low, high in pairwise(bounds[1:-1]):
-                    yield step_list[low], dict(zip(names[low:high], value_list[low:high]))
+                    yield step_list[low], Signals(zip(names[low:high], value_list[low:high]))
                 low = bounds[-2]
-                current = dict(zip(names[low:], value_list[low:]))
+                current = Signals(zip(names[low:], value_list[low:]))
                 current_step, current_eval = step_list[low], eval_list[low]
         if current:
             yield current_step, current  # type: ignore[misc]
