@@ -349,11 +349,14 @@ def build_trainer(script: ScriptArguments, args: TrainingArguments, tokenizer: A
         processing_class=tokenizer,
         callbacks=[diagnoser],
     )
+    planned = "max_steps" if args.max_steps > 0 else (
+        f"{len(train)} examples // {effective_batch_size(args)} × {args.num_train_epochs:g} epochs"
+    )
     print(
         f"effective batch size {effective_batch_size(args)} (per device {args.per_device_train_batch_size} × "
         f"accumulation {args.gradient_accumulation_steps} × devices {max(1, args.world_size)}); expected total "
-        f"steps {expected_steps(args, len(train))} ({len(train)} examples // {effective_batch_size(args)} × "
-        f"{args.num_train_epochs:g} epochs); evaluating every {args.eval_steps} steps on {len(evaluation)} examples"
+        f"steps {expected_steps(args, len(train))} ({planned}); evaluating every {args.eval_steps} steps on "
+        f"{len(evaluation)} examples"
     )
     return trainer, diagnoser
 
