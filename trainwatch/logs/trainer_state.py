@@ -19,7 +19,7 @@ from typing import Any
 
 from trainwatch.history import SIGNALS, Facts, objective_from_args
 from trainwatch.logs import LogReadError
-from trainwatch.logs.source import Curves, curves_of, other_keys_of
+from trainwatch.logs.source import Curves, curves_of, is_number, is_step, other_keys_of
 
 STATE_FILE = "trainer_state.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -67,9 +67,9 @@ def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
     state = TrainerState(str(path), [], facts=facts_beside(path.parent, data))
     skipped = 0
     for entry in data["log_history"]:
-        if isinstance(entry, dict) and _is_step(entry.get("step")):
+        if isinstance(entry, dict) and is_step(entry.get("step")):
             state.log_history.append(
-                {k: v for k, v in entry.items() if k == "step" or _is_number(v) or k not in SIGNALS}
+                {k: v for k, v in entry.items() if k == "step" or is_number(v) or k not in SIGNALS}
             )
         else:
             skipped += 1
@@ -82,18 +82,9 @@ def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
     return state
 
 
-def _is_step(value: Any) -> bool:
-    """Trainer's global_step: an integer (an int64 in every other log format, so one beyond it is damage)."""
-    return isinstance(value, int) and not isinstance(value, bool) and -(1 << 63) <= value < 1 << 63
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _is_count(value: Any) -> bool:
     """A positive, finite number of steps or tokens (a config read from another tool's log may hold anything)."""
-    return _is_number(value) and 0 < value < math.inf
+    return is_number(value) and 0 < value < math.inf
 
 
 def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Facts:
@@ -104,7 +95,7 @@ def facts_beside(directory: Path, state: Mapping[str, Any] | None = None) -> Fac
     """
     params: dict[str, Any] = {}
     if state:
-        params.update({k: state[k] for k in STATE_HYPERPARAMETERS if _is_number(state.get(k)) and state[k] > 0})
+        params.update({k: state[k] for k in STATE_HYPERPARAMETERS if is_number(state.get(k)) and state[k] > 0})
     if _CHECKPOINT.fullmatch(directory.name):
         folders = [directory.parent, directory]  # a checkpoint's own files win over its output dir's
     else:
@@ -154,7 +145,7 @@ def hyperparameters_from_args(args: Mapping[str, Any]) -> dict[str, Any]:
 
 def lora_hyperparameters(adapter_config: Mapping[str, Any]) -> dict[str, Any]:
     """``r``/``lora_alpha``/``lora_dropout`` of a peft adapter config under the names the fixes use."""
-    return {ours: adapter_config[theirs] for ours, theirs in LORA_KEYS if _is_number(adapter_config.get(theirs))}
+    return {ours: adapter_config[theirs] for ours, theirs in LORA_KEYS if is_number(adapter_config.get(theirs))}
 
 
 def vocab_size_from_config(config: Mapping[str, Any]) -> int | None:
