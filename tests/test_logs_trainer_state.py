@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 
 import pytest
@@ -106,3 +107,12 @@ def test_step_beyond_int64_is_skipped_with_a_note(tmp_path):
     state = read_trainer_state(write_state(tmp_path, [{"step": 1, "loss": 2.0}, {"step": 10**20, "loss": 1.0}]))
     assert [step for step, _ in state.entries()] == [1]
     assert "skipped 1 log_history entry without a valid step" in state.notes[0]
+
+
+def test_side_files_that_cannot_be_facts_are_skipped_never_raised_nor_waited_on(tmp_path) -> None:
+    """A config.json nested too deeply to parse, and an adapter_config.json that is a FIFO (a read would block)."""
+    (tmp_path / "trainer_state.json").write_text(json.dumps({"log_history": [{"step": 1, "loss": 2.0}]}))
+    (tmp_path / "config.json").write_text("[" * 200_000 + "]" * 200_000)
+    os.mkfifo(tmp_path / "adapter_config.json")
+    state = read_trainer_state(tmp_path / "trainer_state.json")
+    assert state.facts.vocab_size is None and len(state.log_history) == 1

@@ -157,9 +157,12 @@ def vocab_size_from_config(config: Mapping[str, Any]) -> int | None:
 
 
 def _json_object(path: Path) -> dict[str, Any]:
-    """A small JSON file's object, or {} when it is absent or not one (facts are a bonus, never a failure)."""
+    """A small JSON file's object, or {} when it is absent or not one (facts are a bonus, never a failure). Only a
+    regular file is opened: a FIFO or a device under a config's name would block the read forever."""
+    if not path.is_file():
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
