@@ -102,3 +102,20 @@ def test_a_sqlite_store_damaged_into_non_utf8_is_refused_in_one_line(tmp_path: P
     """Seed 4081 of the long run: SQLite's error message about the damaged schema is not UTF-8, and Python raised
     UnicodeDecodeError decoding it, outside sqlite3.Error."""
     assert exercise("mlflow", GENERATORS["mlflow"](random.Random(4081)), str(tmp_path)) == "refused"
+
+
+def test_fifos_under_log_names_are_never_opened(tmp_path: Path) -> None:
+    """A FIFO named as a log (or as a side file a reader reads) would block a read forever: it is no run, no fact."""
+    import os
+
+    for name in ("metrics.csv", "run-x.wandb", "mlflow.db", "hparams.yaml", "trainer_log.jsonl"):
+        os.mkfifo(tmp_path / name)
+    (tmp_path / "trainer_state.json").write_text('{"log_history": [{"step": 1, "loss": 2.0}]}')
+    run = tmp_path / "mlruns" / "0" / "r1"
+    (run / "metrics").mkdir(parents=True)
+    (run / "params").mkdir()
+    os.mkfifo(run / "meta.yaml")
+    os.mkfifo(run / "params" / "learning_rate")
+    (run / "metrics" / "loss").write_text("1700000000000 2.0 1\n")
+    reports = analyze(tmp_path)  # returns: nothing waited on a FIFO
+    assert sorted(r.format for r in reports) == ["mlflow", "trainer_state"]

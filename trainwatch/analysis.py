@@ -221,6 +221,8 @@ def find_runs(path: Path) -> list[RunSource]:
 
 def _is_run_file(path: Path) -> bool:
     """A run of its own among a folder's files (event files and trainer_state.json are found with their folders)."""
+    if not path.is_file():  # a FIFO or a device under a log's name would block the read
+        return False
     if path.name == METRICS_FILE or path.suffix == ".wandb":
         return True
     return path.name.endswith(SQLITE_SUFFIXES) and is_sqlite_file(path) and bool(store_runs(path))
@@ -273,8 +275,11 @@ def _output_dir_sources(output_dir: Path, tensorboard: list[RunSource]) -> list[
 
 def _mlflow_run_is_active(folder: Path) -> bool:
     """A file store run not deleted (MLflow keeps a deleted run's folder until its garbage collection)."""
+    meta = folder / "meta.yaml"
     try:
-        return "lifecycle_stage: deleted" not in (folder / "meta.yaml").read_text(encoding="utf-8", errors="replace")
+        return not meta.is_file() or "lifecycle_stage: deleted" not in meta.read_text(
+            encoding="utf-8", errors="replace"
+        )
     except OSError:
         return True
 

@@ -90,11 +90,11 @@ def _choose_columns(header: list[str]) -> dict[str, str]:
 
 def _facts(hparams: Path, notes: list[str]) -> Facts:
     """Hyperparameters and vocab size from ``hparams.yaml``, where the module saved them."""
+    if not hparams.is_file():  # none saved (or not a regular file: a FIFO would block the read)
+        return Facts()
     try:
         data: Any = yaml.safe_load(hparams.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return Facts()
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as error:
         notes.append(f"{hparams}: not read ({type(error).__name__}): no hyperparameters")
         return Facts()
     if not isinstance(data, dict):

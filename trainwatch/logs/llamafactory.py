@@ -89,8 +89,9 @@ def _facts(output_dir: Path, total_steps: int | None) -> Facts:
     facts = facts_beside(output_dir)
     params = dict(facts.hyperparameters)
     try:
-        args = yaml.safe_load((output_dir / TRAINING_ARGS).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        path = output_dir / TRAINING_ARGS
+        args = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         args = None
     if isinstance(args, dict):
         params.update({YAML_NAMES.get(k, k): v for k, v in hyperparameters_from_args(args).items()})

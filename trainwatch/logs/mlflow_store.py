@@ -44,6 +44,9 @@ SQLITE_ERRORS = (sqlite3.Error, UnicodeDecodeError)
 
 
 def is_sqlite_file(path: Path) -> bool:
+    """Starts as a SQLite database does; only a regular file is opened (a FIFO would block the read)."""
+    if not path.is_file():
+        return False
     try:
         with open(path, "rb") as f:
             return f.read(len(SQLITE_HEADER)) == SQLITE_HEADER
@@ -156,6 +159,8 @@ def _file_store_run(folder: Path) -> LoggedRun:
     values.sort()  # write order; within one log call (one timestamp and step), epoch last, as Trainer logs it
     params: dict[str, str] = {}
     for file in sorted((folder / "params").glob("*")) if (folder / "params").is_dir() else []:
+        if not file.is_file():
+            continue
         try:
             params[file.name] = file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):
@@ -209,8 +214,10 @@ def _param_value(text: str) -> Any:
 
 
 def _yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
