@@ -97,26 +97,26 @@ def test_a_line_cut_off_mid_write_is_a_note(exploding, tmp_path) -> None:
 
 
 def test_a_resumed_run_appends_and_the_later_lines_win(tmp_path) -> None:
-    """Resumed from checkpoint-10 after 15 steps: LLaMA-Factory appends steps 11-15 again, and those count."""
-    train(tmp_path, "healthy", max_steps=15, save_strategy="steps", save_steps=10, eval_strategy="no")
+    """Resumed from checkpoint-4 after 8 steps: LLaMA-Factory appends steps 5-8 again, and those count."""
+    train(tmp_path, "healthy", max_steps=8, save_strategy="steps", save_steps=4, eval_strategy="no")
     first = (tmp_path / "trainer_log.jsonl").read_text().count("\n")
     train(
         tmp_path,
         "healthy",
-        max_steps=20,
+        max_steps=12,
         save_strategy="steps",
-        save_steps=10,
+        save_steps=4,
         eval_strategy="no",
-        resume=str(tmp_path / "checkpoint-10"),
+        resume=str(tmp_path / "checkpoint-4"),
     )
     run = read_trainer_log(tmp_path / "trainer_log.jsonl")
     steps = [step for step, logs in run.log_history if "loss" in logs]
-    assert first == 16 and steps == list(range(1, 21))
-    assert any("logs again from step 11 (a resume): replaced 5 earlier entries" in n for n in run.notes)
-    # found in its output dir beside Trainer's checkpoints, the log (complete) is read, not checkpoint-20's state
+    assert first == 9 and steps == list(range(1, 13))
+    assert any("logs again from step 5 (a resume): replaced 4 earlier entries" in n for n in run.notes)
+    # found in its output dir beside Trainer's checkpoints, the log (complete) is read, not checkpoint-12's state
     [report] = analyze(tmp_path)
     assert report.format == "llamafactory" and any(
-        "checkpoint-20/trainer_state.json exists too" in n for n in report.notes
+        "checkpoint-12/trainer_state.json exists too" in n for n in report.notes
     )
 
 

@@ -43,8 +43,8 @@ def sqlite_store(tmp_path_factory) -> tuple[Path, list[Path]]:
     root = tmp_path_factory.mktemp("mlflow")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     states = [
-        train_into(uri, root / "exploding", "exploding", max_steps=40, eval_strategy="steps", eval_steps=20),
-        train_into(uri, root / "healthy", "healthy", max_steps=30, eval_steps=10),
+        train_into(uri, root / "exploding", "exploding", max_steps=20, eval_strategy="steps", eval_steps=10),
+        train_into(uri, root / "healthy", "healthy", max_steps=12, eval_steps=6),
     ]
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", uri)  # as for Trainer's runs: set_tracking_uri would outlive the test
@@ -66,7 +66,7 @@ def test_each_run_of_a_sqlite_store_as_trainer_state_judges_it(sqlite_store) -> 
         ]
     assert reports[0].verdict == "exploding" and reports[1].verdict == "healthy"
     facts = reports[0].history.facts  # params are strings in MLflow: read back as the values they were
-    assert facts.vocab_size == 64 and facts.max_steps == 40 and facts.hyperparameters["learning_rate"] == 1.0
+    assert facts.vocab_size == 64 and facts.max_steps == 20 and facts.hyperparameters["learning_rate"] == 1.0
     assert facts.hyperparameters["max_grad_norm"] == 0.0 and facts.hyperparameters["fp16"] is False
     assert "lower the learning rate 10×: learning_rate 1 → 0.1" in reports[0].diagnoses[0].fixes
 
@@ -104,7 +104,7 @@ def test_a_store_whose_runs_were_deleted_is_bad_input(sqlite_store, tmp_path) ->
 
 
 def test_file_store_run_and_experiment(tmp_path) -> None:
-    state = train_into(f"file:{tmp_path / 'mlruns'}", tmp_path / "out", "healthy", max_steps=20, eval_steps=10)
+    state = train_into(f"file:{tmp_path / 'mlruns'}", tmp_path / "out", "healthy", max_steps=12, eval_steps=6)
     [report] = analyze(tmp_path / "mlruns")
     [expected] = analyze(state)
     assert report.format == "mlflow" and report.entries == expected.entries and report.verdict == "healthy"

@@ -34,9 +34,12 @@ def offline_run(tmp_path_factory) -> tuple[Path, Path]:
             trainer.train()
         finally:
             logging.disable(logging.NOTSET)
-            wandb.finish()  # as the end of the process would: the run's exit record, the log flushed
+            wandb.finish()  # as the end of the process would: the run's exit record
+            wandb.teardown()  # finish() returns before wandb-core has written the log out: wait for it
     trainer.save_state()
     [run_folder] = (root / "wandb").glob("offline-run-*")
+    [log] = run_folder.glob("*.wandb")
+    assert not read_wandb_run(log).notes, "the fixture's log is complete, up to its exit record"
     return run_folder, root / "out" / "trainer_state.json"
 
 
