@@ -108,7 +108,9 @@ def test_a_cause_no_argument_repairs_ends_with_its_diagnosis_and_exit_4(tmp_path
 
 
 # -- the Python API, around a user's own Trainer ----------------------------------------------------------------------
-def lora_trainer(args: TrainingArguments, callbacks: list[TrainerCallback] = (), train_size: int = 1024) -> Trainer:
+def lora_trainer(
+    args: TrainingArguments, callbacks: tuple[TrainerCallback, ...] = (), train_size: int = 1024
+) -> Trainer:
     """A user's setup: a LoRA on a small causal LM that knows part of its task (a large alpha, so that the usual LoRA
     rate, 2e-4, visibly moves a model this tiny within a few dozen steps)."""
     from peft import LoraConfig, get_peft_model
@@ -159,7 +161,7 @@ class AdapterAtStart(TrainerCallback):
 def test_too_low_a_learning_rate_goes_back_to_its_checkpoint_and_learns(tmp_path):
     start = AdapterAtStart()
     result = train_with_repair(
-        lambda args: lora_trainer(args, [start]), tiny_args(tmp_path / "run", learning_rate=1e-7, max_steps=80)
+        lambda args: lora_trainer(args, (start,)), tiny_args(tmp_path / "run", learning_rate=1e-7, max_steps=80)
     )
     assert result.status == REPAIRED and result.exit_code == 0
     original, attempt = result.attempts
