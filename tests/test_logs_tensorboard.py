@@ -218,18 +218,22 @@ def test_damage_inside_a_long_log_costs_the_damaged_records_only(tmp_path):
     path = only_file(write_hf_like(tmp_path, range(1, 3001)))
     data = bytearray(path.read_bytes())
     offsets = _record_offsets(path)
-    flipped, renamed = offsets[3 + 4 * 1500], offsets[3 + 4 * 2000]  # after the version and 2 texts, 4 a step
-    assert data[flipped + 12 :].startswith(b"\x09") and b"train/loss" in data[renamed : renamed + 60]
+    flipped = offsets[3 + 4 * 1500]  # after the version and 2 texts, 4 a step: loss, grad_norm, lr, epoch
+    assert data[flipped + 12 :].startswith(b"\x09")
     length = struct.unpack_from("<Q", data, flipped)[0]
     data[flipped + 12 + length - 1] ^= 0x40  # the float's last byte
-    length = struct.unpack_from("<Q", data, renamed)[0]
-    payload = bytes(data[renamed + 12 : renamed + 12 + length]).replace(b"train/loss", b"train/lozz")
-    data[renamed + 12 : renamed + 16 + length] = payload + struct.pack("<I", masked_crc(payload))
+    # the last: of a new tag, and no record of its length and step size after it
+    for renamed, tag in ((offsets[3 + 4 * 2000], b"train/lozz"), (offsets[3 + 4 * 2999], b"train/loxx")):
+        length = struct.unpack_from("<Q", data, renamed)[0]
+        payload = bytes(data[renamed + 12 : renamed + 12 + length])
+        assert b"train/loss" in payload
+        payload = payload.replace(b"train/loss", tag)
+        data[renamed + 12 : renamed + 16 + length] = payload + struct.pack("<I", masked_crc(payload))
     path.write_bytes(bytes(data))
     run = read_run([path])
     series = kept(run)
-    assert len(series["loss"][1]) == 3000 - 2 and len(series["grad_norm"][1]) == 3000
-    assert run.other_tags == {"train/epoch": 3000, "train/lozz": 1}
+    assert len(series["loss"][1]) == 3000 - 3 and len(series["grad_norm"][1]) == 3000
+    assert run.other_tags == {"train/epoch": 3000, "train/lozz": 1, "train/loxx": 1}
     assert sum("1 record(s) whose data CRC does not match" in n for n in run.notes) == 1
 
 

@@ -291,6 +291,11 @@ _HEADER_CRC = _masked(_ZEROS[8] ^ _BYTE_AT[7])
 """The masked CRC of every record header (a little-endian uint64 length) under 256."""
 _MAX_STEP_BYTES = 5
 """Steps below 2**35 are decoded in bulk; longer varints (and negative steps) one record at a time."""
+_SHORT_RUN = 8
+"""Fewer consecutive records than this (between texts, say) are read one by one: a block costs some numpy calls."""
+_BULK_RECORDS = 64
+"""A layout is read in bulk once a block holds this many records of its length and step size: fewer are read faster
+one by one than its template is made and matched (a sweep of short runs)."""
 
 
 @dataclass(frozen=True)
@@ -486,10 +491,11 @@ class EventReader:
         self.names: list[str] = []
         self._ids: dict[str, int] = {}
         self._tag_names: dict[bytes, str] = {}
+        self._scalar_layouts: dict[bytes, str] = {}  # a simple_value record's bytes but time, step, value -> its tag
         self._layouts: dict[int, list[_Layout]] = {}
         self._pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._singles: tuple[list[int], list[int], list[float]] = ([], [], [])
-        self._scratch = np.empty((2, CHUNK_BYTES + 1024), dtype=bool)
+        self._scratch = np.empty((2, 0), dtype=bool)
 
     def __iter__(self) -> Iterator[Batch]:
         stats = self.stats
@@ -520,7 +526,7 @@ class EventReader:
         reading it needs (-1: its header is damaged)."""
         size, pos = len(buffer), 0
         padded = buffer + bytes(8)  # a record's last uint64 word may run past the buffer
-        if len(self._scratch[0]) < size:
+        if self._scratch.shape[1] < size:
             self._scratch = np.empty((2, size), dtype=bool)
         starts, lengths = _framed(padded, size, self._scratch)
         ends = starts + 16 + lengths
@@ -530,11 +536,11 @@ class EventReader:
             if k < len(starts) and starts[k] == pos:
                 last = breaks[np.searchsorted(breaks, k)] if len(breaks) and breaks[-1] >= k else len(starts) - 1
                 whole = int(np.searchsorted(ends[k : last + 1], size, side="right"))
-                if whole:
+                if whole >= _SHORT_RUN:
                     yield from self._block(padded, starts[k : k + whole], lengths[k : k + whole])
                     pos = int(ends[k + whole - 1])
                     continue
-            # one record by hand: a long one, the last one in the buffer, or a damaged header
+            # one record by hand: a long one, one of a few between long ones, the last in the buffer, or damage
             if size - pos < 12:
                 return pos, 12
             length, length_crc = _HEADER.unpack_from(buffer, pos)
@@ -542,15 +548,15 @@ class EventReader:
                 return pos, -1
             if pos + 16 + length > size:
                 return pos, 16 + length
-            for event in self._record(buffer, pos, length)[0]:
-                if event[1] is SESSION_START:
-                    yield self._batch(restart=event[0])
-                else:
-                    self._add(*event)
+            data = buffer[pos + 12 : pos + 12 + length]
+            if masked_crc(data) == _CRC.unpack_from(buffer, pos + 12 + length)[0]:
+                yield from self._decode(data)
+            else:
+                self.stats.bad_data_crc += 1
             pos += 16 + length
 
     def _block(self, buffer: bytes, starts: np.ndarray, lengths: np.ndarray) -> Iterator[Batch]:
-        """Consecutive whole records: those of a known layout in bulk, the others one by one, in order."""
+        """Consecutive whole records: those of a bulk layout together, the others one by one, in order."""
         count = len(starts)
         tags = np.full(count, -1, dtype=np.int32)
         steps = np.zeros(count, dtype=np.int64)
@@ -559,33 +565,78 @@ class EventReader:
         step_bytes = _step_bytes(_view(buffer, "<u4")[np.minimum(starts + 22, len(buffer) - 4)])
         keys = _layout_key(lengths, step_bytes).astype(np.int16)  # < 2 048: sorted by radix
         self._match(buffer, starts, keys, np.arange(count), tags, steps, values, good)
-        at = 0
-        others = np.flatnonzero(tags < 0)
-        while len(others):
-            other = int(others[0])
-            self._add_bulk(steps[at:other], tags[at:other], values[at:other], good[at:other])
-            events, learned = self._record(buffer, int(starts[other]), int(lengths[other]))
-            for event in events:
-                if event[1] is SESSION_START:
-                    yield self._batch(restart=event[0])
-                else:
-                    self._add(*event)
-            at = other + 1
-            if learned is None:
-                others = others[1:]
-                continue
-            same = np.flatnonzero(keys[at:] == learned) + at  # records after it may be of the layout it taught
-            if len(same):
-                self._match(buffer, starts, keys, same, tags, steps, values, good)
-                others = np.flatnonzero(tags[at:] < 0) + at
-            else:
-                others = others[1:]
+        frequent = set(np.flatnonzero(np.bincount(keys) >= _BULK_RECORDS).tolist())
+        # the others one by one: where there are few records of a kind that is the whole file, hence inline
+        at, others = 0, np.flatnonzero(tags < 0).tolist()
+        start_list, length_list = (starts.tolist(), lengths.tolist()) if others else ([], [])
+        stats, crc, unpack_crc, unpack_float = self.stats, google_crc32c.value, _CRC.unpack_from, _FLOAT.unpack_from
+        scalar_layouts, ids, (singles_steps, singles_tags, singles_values) = (
+            self._scalar_layouts,
+            self._ids,
+            self._singles,
+        )
+        records = 0
+        try:
+            while others:
+                after_learning: list[int] = []
+                for other in others:
+                    if other > at:
+                        self._add_bulk(steps[at:other], tags[at:other], values[at:other], good[at:other])
+                    at = other + 1
+                    start, length = start_list[other], length_list[other]
+                    data = buffer[start + 12 : start + 12 + length]
+                    checksum = crc(data)
+                    if (((checksum >> 15) | (checksum << 17)) + _MASK_DELTA) & 0xFFFFFFFF != unpack_crc(
+                        buffer, start + 12 + length
+                    )[0]:
+                        stats.bad_data_crc += 1
+                        continue
+                    # the layout writers use for one simple_value: wall_time, step, summary{value{tag, value}}
+                    tag, step_size = None, 0
+                    if 20 < length and data[0] == 0x09 and data[9] == 0x10:
+                        step, step_size = data[10], 1
+                        if step >= 0x80 and data[11] < 0x80:  # steps below 16 384 inline: a call per record costs
+                            step, step_size = step & 0x7F | data[11] << 7, 2
+                        elif step >= 0x80:
+                            try:
+                                step, step_end = _varint(data, 10)
+                                step, step_size = _int64(step), step_end - 10
+                            except Undecodable:
+                                step_size = 0  # the general decoder says what is wrong
+                    if step_size:
+                        layout = data[10 + step_size : length - 4]
+                        tag = scalar_layouts.get(layout)
+                        if tag is None:
+                            tag = _one_scalar_layout(layout, self._tag_names, self.plugins)
+                            if tag is not None:
+                                scalar_layouts[layout] = tag
+                    if tag is None:
+                        yield from self._decode(data)
+                        continue
+                    records += 1
+                    if self.values_wanted:
+                        number = ids.get(tag)
+                        singles_steps.append(step)
+                        singles_tags.append(self._id(tag) if number is None else number)
+                        singles_values.append(unpack_float(data, length - 4)[0])
+                    key = length * 8 + step_size  # _layout_key
+                    if key in frequent and step_size <= _MAX_STEP_BYTES and length < _BULK_LENGTH:
+                        self._learn(data, step_size, tag)  # and read the rest of its kind in bulk
+                        self._match(
+                            buffer, starts, keys, np.flatnonzero(keys[at:] == key) + at, tags, steps, values, good
+                        )
+                        after_learning = (np.flatnonzero(tags[at:] < 0) + at).tolist()
+                        break
+                others = after_learning
+        finally:
+            stats.records += records
+            stats.scalars += records
         self._add_bulk(steps[at:], tags[at:], values[at:], good[at:])
         matched = int(np.count_nonzero(tags >= 0))
         bulk_good = int(np.count_nonzero(good))
-        self.stats.records += bulk_good
-        self.stats.scalars += bulk_good
-        self.stats.bad_data_crc += matched - bulk_good
+        stats.records += bulk_good
+        stats.scalars += bulk_good
+        stats.bad_data_crc += matched - bulk_good
 
     def _match(
         self,
@@ -600,7 +651,7 @@ class EventReader:
     ) -> None:
         """For the ``chosen`` records of a known layout: their tag (else -1 is left), step, value, and whether
         their CRC matches."""
-        if not self._layouts:
+        if not self._layouts or not len(chosen):
             return
         order = chosen[np.argsort(keys[chosen], kind="stable")]
         ordered = keys[order]
@@ -638,36 +689,26 @@ class EventReader:
                 if not left.any():
                     break
 
-    def _record(self, buffer: bytes, start: int, length: int) -> tuple[list[tuple[int, str | None, float]], int | None]:
-        """One record by the general decoder: its events, and the key of the layout it taught, if it did."""
+    def _decode(self, data: bytes) -> Iterator[Batch]:
+        """One record whose CRC matched, by the general decoder: its scalars added, a restart ending a batch."""
         stats = self.stats
-        data = buffer[start + 12 : start + 12 + length]
-        checksum = google_crc32c.value(data)
-        if (((checksum >> 15) | (checksum << 17)) + _MASK_DELTA) & 0xFFFFFFFF != _CRC.unpack_from(
-            buffer, start + 12 + length
-        )[0]:
-            stats.bad_data_crc += 1
-            return [], None
         stats.records += 1
         try:
-            # the layout writers use for one simple_value: wall_time, step, summary{value{tag, value}}
-            if 20 < length and data[0] == 0x09 and data[9] == 0x10:
-                step, at = _varint(data, 10)
-                tag = _one_scalar_layout(data[at : length - 4], self._tag_names, self.plugins)
-                if tag is not None:
-                    stats.scalars += 1
-                    learned = None
-                    if at - 10 <= _MAX_STEP_BYTES and length < _BULK_LENGTH:
-                        layout = _Layout.of(data, at - 10, self._id(tag))
-                        self._layouts.setdefault(layout.key, []).append(layout)
-                        learned = layout.key
-                    return [(_int64(step), tag, _FLOAT.unpack_from(data, length - 4)[0])], learned
             found = _decode_event(data, self.plugins, self.texts, self._tag_names)
         except (Undecodable, IndexError, struct.error, ValueError):
             stats.undecodable += 1
-            return [], None
-        stats.scalars += sum(tag is not SESSION_START for _, tag, _ in found)
-        return found, None
+            return
+        for step, tag, value in found:
+            if tag is SESSION_START:
+                yield self._batch(restart=step)
+            else:
+                stats.scalars += 1
+                self._add(step, tag, value)
+
+    def _learn(self, data: bytes, step_size: int, tag: str) -> None:
+        """Read the records laid out as ``data`` (a ``simple_value`` of ``tag``) in bulk from now on."""
+        layout = _Layout.of(data, step_size, self._id(tag))
+        self._layouts.setdefault(layout.key, []).append(layout)
 
     def _id(self, tag: str) -> int:
         number = self._ids.get(tag)
@@ -694,7 +735,9 @@ class EventReader:
             self._pending.append(
                 (np.array(steps, dtype=np.int64), np.array(tags, dtype=np.int32), np.array(values, dtype=np.float64))
             )
-            self._singles = ([], [], [])
+            steps.clear()
+            tags.clear()
+            values.clear()
 
     def _batch(self, restart: int | None = None) -> Batch:
         """What was collected since the last batch, then ``restart``."""
