@@ -131,7 +131,8 @@ def test_loss_above_a_uniform_guess_from_the_first_log_is_exploding() -> None:
     assert decided(engine)[0] == ("exploding", "lr_too_high", 5)  # at the first log: no model starts at 2 × ln V
     assert "uniform" in engine.findings[0].summary
     settles = [5.3, 5.6, 5.2, 5.0, 4.9, 5.1, 4.95, 5.05, 5.0, 4.92, 5.08, 4.97, 5.02, 5.0] * 2  # stuck above ln V
-    late = Engine(facts=Facts(vocab_size=64)).replay([(5 * (i + 1), {"loss": x}) for i, x in enumerate(settles)])
+    stuck = [(5 * (i + 1), {"loss": x, "learning_rate": 0.1}) for i, x in enumerate(settles)]
+    late = Engine(facts=Facts(vocab_size=64)).replay(stuck)
     assert decided(late)[0][:2] == ("exploding", "lr_too_high") and late.findings[0].step > 5
     scaled = [(1, {"loss": 12.0})] + [(1 + 5 * i, {"loss": 12.0 * 0.8**i}) for i in range(1, 10)]
     assert Engine(facts=Facts(vocab_size=64)).replay(scaled).verdict == "healthy"  # 3 × ln V before any update
@@ -282,11 +283,15 @@ def test_short_very_noisy_run_that_does_not_move_is_flat() -> None:
     assert run([0.85 * n for n in noise], max_steps=60, noise_allowance=1.0).verdict == "healthy"  # strict interval
 
 
-def test_a_line_stuck_above_a_uniform_guess_is_not_a_too_low_learning_rate() -> None:
-    """Worse than knowing nothing and not moving is the exploding rule's (lr_too_high), never flat's lr_too_low."""
-    level = [(i + 1, {"loss": 5.0 + 0.02 * math.sin(i)}) for i in range(80)]  # ln 64 = 4.16
-    flat_only = Engine(build_rules(("flat",)), facts=Facts(vocab_size=64, max_steps=80)).replay(level)
-    assert flat_only.findings == []
+def test_a_line_stuck_above_a_uniform_guess_is_a_too_low_rate_only_at_a_low_rate() -> None:
+    """Worse than knowing nothing and not moving: at lr 0.1 the rate wrecked it (the exploding rule's to decide),
+    at 2e-7 it is a base model confidently wrong on new data that the rate is too low to move."""
+    def level(rate: float) -> list[tuple[int, dict[str, float]]]:
+        return [(i + 1, {"loss": 5.0 + 0.02 * math.sin(i), "learning_rate": rate}) for i in range(80)]  # ln 64 = 4.16
+
+    facts = Facts(vocab_size=64, max_steps=80)
+    assert Engine(build_rules(("flat",)), facts=facts).replay(level(0.1)).findings == []
+    assert decided(Engine(build_rules(("flat",)), facts=facts).replay(level(2e-7)))[0][:2] == ("flat", "lr_too_low")
     at_guess = run([math.log(64) + 0.02 * math.sin(i) for i in range(80)], vocab_size=64, max_steps=80)
     assert decided(at_guess)[0][:2] == ("flat", "lr_too_low")  # from scratch, at the guess: too low a rate
 

@@ -91,10 +91,10 @@ class DiagnosisCallback(TrainerCallback):
             has them, when not given; unknown: that item is skipped).
         **thresholds: the rules' thresholds by name: ``max_loss``, ``uniform_factor``, ``rise_factor``,
             ``uniform_margin`` (exploding); ``patience_steps``, ``min_logs``, ``tolerance``, ``noise_allowance``,
-            ``confirm_steps``, ``confirm_logs``, ``zero_grad_tolerance``, ``uniform_margin`` (flat);
-            ``train_below``, ``val_above``, ``rising_evals``, ``min_rise``, ``sharp_rise``, ``train_fall``
-            (overfitting). See :mod:`trainwatch.rules` for their
-            meaning and defaults; an unknown name is a TypeError.
+            ``confirm_steps``, ``confirm_logs``, ``zero_grad_tolerance``, ``uniform_margin``,
+            ``high_learning_rate`` (flat); ``train_below``, ``val_above``, ``rising_evals``, ``min_rise``,
+            ``sharp_rise``, ``train_fall`` (overfitting). See :mod:`trainwatch.rules` for their meaning and
+            defaults; an unknown name is a TypeError.
     """
 
     kinds: tuple[str, ...] = KINDS

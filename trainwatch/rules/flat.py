@@ -81,9 +81,11 @@ class FlatRule:
             moves, the lesson's reading of such a curve. Early in a long plan the projection's interval is wide, so
             a slow learner is not called flat on its first noisy steps.
         uniform_margin: a line more than this fraction above a uniform guess (``Facts.reference_loss``: ln V for
-            a language model) is never ``lr_too_low``: a model worse than knowing nothing that stays there has been
-            wrecked by too high a learning rate, which the exploding rule (the same argument, the same meaning)
-            decides. A model trained from scratch sits *at* the guess when its learning rate is too low.
+            a language model) at a learning rate above ``high_learning_rate`` is never ``lr_too_low``: a model
+            worse than knowing nothing that stays there at such a rate was wrecked by it, which the exploding rule
+            (the same argument, the same meaning) decides. At a low rate the same curve is a base model
+            confidently wrong on new data that does not move (the shipped tiny model at 2e-7): flat.
+        high_learning_rate: 10 × the top of the lesson's LoRA range (3e-4): no fine-tune's rate is too low there.
         min_evals: evaluations since warmup, over ``patience_steps``, that make the eval loss evidence on its own:
             an eval loss that is flat by the same test (the least noisy signal a run has) makes the run flat while
             the train loss falls less than twice the tolerance. An eval loss that is clearly learning (three
@@ -111,6 +113,7 @@ class FlatRule:
     significance: float = 2.0
     noise_allowance: float = 4.0
     uniform_margin: float = 0.1
+    high_learning_rate: float = 3e-3
     min_evals: int = 5
     confirm_steps: int = 5
     confirm_logs: int = 3
@@ -166,6 +169,16 @@ class FlatRule:
             {**_evidence(history), "onset_step": since + 1, "loss_level": history.loss_level},
         )
 
+    def _wrecked(self, history: History, level: float) -> bool:
+        """Worse than knowing nothing at a high learning rate: the exploding rule's to decide, not a rate too low."""
+        uniform, rate = history.facts.reference_loss, history.series[LEARNING_RATE].max
+        return (
+            uniform is not None
+            and level > (1 + self.uniform_margin) * uniform
+            and rate is not None
+            and rate > self.high_learning_rate
+        )
+
     def _not_learning(self, history: History) -> Finding | None:
         """``lr_too_low``: the train loss (or, as strong evidence, the eval loss) barely moves for the whole plan."""
         start, trend = history.plateau_step, history.loss_trend
@@ -181,8 +194,7 @@ class FlatRule:
             return None  # (the last: past 64 logs, judged every 1/64th of them: a slow failure, decided <2 % late)
         plan_end = history.facts.max_steps or history.step
         train = Movement.of(trend, plan_end)
-        uniform = history.facts.reference_loss
-        if train is None or uniform is not None and trend.mean > (1 + self.uniform_margin) * uniform:
+        if train is None or self._wrecked(history, trend.mean):
             return None
         evals = history.eval_trend
         held_out = Movement.of(evals, plan_end)
