@@ -63,7 +63,7 @@ TEXT_TAGS = ("args", "model_config")
 
 CHUNK_BYTES = 1 << 18
 """Bytes read, then checked and decoded as a block, at a time. Larger blocks are somewhat faster (1 MiB: a quarter
-less time on a long log) but each costs its size in numpy arrays several times over (1 MiB: +11 MB of peak memory
+less time on a long log) but each costs its size in numpy arrays several times over (1 MiB: +14 MB of peak memory
 against +5 MB)."""
 _MASK_DELTA = 0xA282EAD8
 _FLOAT = struct.Struct("<f")
@@ -620,7 +620,7 @@ class EventReader:
                         singles_tags.append(self._id(tag) if number is None else number)
                         singles_values.append(unpack_float(data, length - 4)[0])
                     key = length * 8 + step_size  # _layout_key
-                    if key in frequent and step_size <= _MAX_STEP_BYTES and length < _BULK_LENGTH:
+                    if key in frequent and step_size <= _MAX_STEP_BYTES:  # (its length is under _BULK_LENGTH)
                         self._learn(data, step_size, tag)  # and read the rest of its kind in bulk
                         self._match(
                             buffer, starts, keys, np.flatnonzero(keys[at:] == key) + at, tags, steps, values, good
