@@ -126,7 +126,10 @@ def _pool_pass(
         while waiting or running:
             while waiting and len(running) < 2 * jobs:
                 index = waiting.popleft()
-                running[pool.submit(_judge_safely, sources[index], settings)] = index
+                try:
+                    running[pool.submit(_judge_safely, sources[index], settings)] = index
+                except BrokenProcessPool:  # a worker died between two submissions: the pool takes no more
+                    return [index, *running.values()]
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             suspects = []
             for future in done:
