@@ -66,10 +66,10 @@ class FlatRule:
             two points.
         tolerance: the lesson's "barely moves — flat or very slowly declining", against the run's own noise and
             length: the straight line through the train losses since warmup must have fallen less than this
-            fraction of their level (and, at ``significance`` standard errors, less than ``noise_allowance`` times
-            it, so noise cannot hide a real fall), *and* at that rate the loss would end within it by the planned
-            last step (``Facts.max_steps``; the last step
-            seen when unknown). A slow but real learner (4 % per 50 steps over a long run) projects far beyond it;
+            fraction of their level (and, at ``significance`` standard errors, be on course to fall less than
+            ``noise_allowance`` times it, so noise cannot hide a real fall), *and* at that rate the loss would end
+            within it by the planned last step (``Facts.max_steps``; the last step seen when unknown). A slow but
+            real learner (4 % per 50 steps over a long run) projects far beyond it;
             pure noise around a constant projects to nothing.
         significance: standard errors a fall must stand out from the noise by: on the train losses, to count as
             "fell" at all; on the eval losses, to veto a flat call. About 95 % one-sided confidence at 2.
