@@ -11,7 +11,7 @@ import pytest
 
 from trainwatch.analysis import analyze
 from trainwatch.logs import LogReadError
-from trainwatch.logs.wandb_log import BLOCK, read_wandb_run
+from trainwatch.logs.wandb_log import BLOCK, FILE_HEADER, RECORD_HEADER, read_wandb_run
 from trainwatch.testing import VOCAB_SIZE, tiny_trainer
 
 wandb = pytest.importorskip("wandb", reason="the W&B tests need wandb (pip install -e '.[test]')")
@@ -59,12 +59,28 @@ def test_same_verdict_and_facts_as_trainer_state(offline_run) -> None:
     assert not [n for n in report.notes if not n.startswith("no evaluation")]
 
 
+def middle_of_a_record(data: bytes, after: int) -> int:
+    """The middle of the first record that starts at or after byte ``after`` (the log's framing: 32 KiB blocks of
+    records with a 7-byte header, the block's tail padded), so that a cut there is always mid-record."""
+    pos = FILE_HEADER.size
+    while pos < len(data):
+        room = BLOCK - pos % BLOCK
+        _, length, kind = RECORD_HEADER.unpack_from(data, pos) if room >= RECORD_HEADER.size else (0, 0, 0)
+        if kind == 0 and length == 0:  # padding to the block's end
+            pos += room
+            continue
+        if pos >= after and length >= 2:
+            return pos + RECORD_HEADER.size + length // 2
+        pos += RECORD_HEADER.size + length
+    raise AssertionError(f"no record after byte {after}")
+
+
 def test_a_log_cut_off_mid_write_still_reads(offline_run, tmp_path) -> None:
     run_folder, _ = offline_run
     [log] = run_folder.glob("*.wandb")
     data = log.read_bytes()
     cut = tmp_path / log.name
-    cut.write_bytes(data[: len(data) * 2 // 3])  # a crash: the writer stopped in the middle of a record
+    cut.write_bytes(data[: middle_of_a_record(data, len(data) * 2 // 3)])  # a crash: the writer stopped mid-record
     whole, partial = read_wandb_run(log), read_wandb_run(cut)
     assert 0 < len(partial.log_history) < len(whole.log_history)
     assert partial.log_history == whole.log_history[: len(partial.log_history)]
