@@ -31,11 +31,15 @@ import torch  # noqa: E402
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
 from trainwatch import Diagnoser  # noqa: E402
+# the letter progressions and rewards the detection benchmark's TRL runs use too
+from trainwatch.testing import LETTERS, vowel_share
+from trainwatch.testing import PROMPT_LETTERS as PROMPT  # the rest of a progression is the completion
+from trainwatch.testing import letter_progressions as progressions
+from trainwatch.testing import letter_prompts as prompts
+from trainwatch.testing import preference_pairs as preferences
+from trainwatch.testing import same_reward as always_one
 
 ASSET = Path(__file__).resolve().parents[1] / "trainwatch" / "assets" / "tiny-llama"
-LETTERS = "abcdefghijklmnopqrstuvwxyz"
-PROMPT = 5
-"""Letters of a progression given as the prompt; the rest (11) is the completion."""
 CHAT_TEMPLATE = (
     "{%- for m in messages %}{%- if m['role'] == 'assistant' %}{% generation %}{{ m['content'] + eos_token }}"
     "{% endgeneration %}{%- else %}{{ m['content'] + '\\n' }}{%- endif %}{%- endfor %}"
@@ -44,16 +48,6 @@ CHAT_TEMPLATE = (
 
 
 # -- data: letter progressions ----------------------------------------------------------------------------------
-def progressions(n: int, seed: int, length: int = 16) -> tuple[list[str], list[str]]:
-    """``n`` progressions (start, stride 1-3, modulo 26) and ``n`` random letter strings of the same length."""
-    generator = torch.Generator().manual_seed(seed)
-    starts = torch.randint(0, 26, (n,), generator=generator).tolist()
-    strides = torch.randint(1, 4, (n,), generator=generator).tolist()
-    noise = torch.randint(0, 26, (n, length), generator=generator).tolist()
-    good = ["".join(LETTERS[(s + k * i) % 26] for i in range(length)) for s, k in zip(starts, strides)]
-    return good, ["".join(LETTERS[c] for c in row) for row in noise]
-
-
 def prompt_completion(n: int, seed: int) -> datasets.Dataset:
     good, _ = progressions(n, seed)
     return datasets.Dataset.from_list([{"prompt": g[:PROMPT], "completion": g[PROMPT:]} for g in good])
@@ -70,19 +64,6 @@ def messages(n: int, seed: int) -> datasets.Dataset:
     return datasets.Dataset.from_list([{"messages": m} for m in turns])
 
 
-def preferences(n: int, seed: int) -> datasets.Dataset:
-    """The rejected completion is the chosen one with its middle letter wrong: a preference learned slowly, and
-    only by a model that keeps what it learned."""
-    good, noise = progressions(n, seed)
-    rows = []
-    for g, b in zip(good, noise):
-        chosen = g[PROMPT:]
-        i = len(chosen) // 2
-        wrong = b[i] if b[i] != chosen[i] else LETTERS[(LETTERS.index(chosen[i]) + 1) % 26]
-        rows.append({"prompt": g[:PROMPT], "chosen": chosen, "rejected": chosen[:i] + wrong + chosen[i + 1 :]})
-    return datasets.Dataset.from_list(rows)
-
-
 def letters_or_digits(n: int, seed: int) -> datasets.Dataset:
     """Chosen: a progression's continuation; rejected: digits. A reward model separates them in a few steps."""
     good, noise = progressions(n, seed)
@@ -90,21 +71,6 @@ def letters_or_digits(n: int, seed: int) -> datasets.Dataset:
     return datasets.Dataset.from_list(
         [{"prompt": g[:PROMPT], "chosen": g[PROMPT:], "rejected": d} for g, d in zip(good, digits)]
     )
-
-
-def prompts(n: int, seed: int) -> datasets.Dataset:
-    good, _ = progressions(n, seed)
-    return datasets.Dataset.from_list([{"prompt": g[:PROMPT]} for g in good])
-
-
-def vowel_share(completions: list[str], **kwargs: Any) -> list[float]:
-    """A reward that differs between a prompt's completions: GRPO has an advantage to learn from."""
-    return [sum(c in "aeiou" for c in completion) / max(len(completion), 1) for completion in completions]
-
-
-def always_one(completions: list[str], **kwargs: Any) -> list[float]:
-    """The same reward for every completion: every group's rewards are identical, so every advantage is 0."""
-    return [1.0 for _ in completions]
 
 
 # -- the cases ----------------------------------------------------------------------------------------------------
