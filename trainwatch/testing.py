@@ -61,18 +61,22 @@ def token_mean_loss(outputs: Any, labels: torch.Tensor, num_items_in_batch: Any 
     return (losses * mask).sum() / mask.sum()
 
 
-def tiny_model(arch: str = "llama", seed: int = 0) -> PreTrainedModel:
-    """A two-layer causal LM with a 64-token vocabulary, randomly initialised from ``seed``."""
+def tiny_model(
+    arch: str = "llama", seed: int = 0, *, vocab_size: int = VOCAB_SIZE, **special_tokens: int
+) -> PreTrainedModel:
+    """A two-layer causal LM of width 32, randomly initialised from ``seed``: a 64-token vocabulary by default, or a
+    tokenizer's ``vocab_size`` and ``special_tokens`` (``pad_token_id``, ...) for TRL's trainers."""
     torch.manual_seed(seed)
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64,
+            vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64, **special_tokens,
         )
         return LlamaForCausalLM(config)
     if arch == "gpt2":
         return GPT2LMHeadModel(GPT2Config(
-            vocab_size=VOCAB_SIZE, n_embd=32, n_layer=2, n_head=2, n_positions=64, bos_token_id=0, eos_token_id=0
+            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+            **{"bos_token_id": 0, "eos_token_id": 0, **special_tokens},
         ))
     raise ValueError(f"unknown arch {arch!r}: llama or gpt2")
 
@@ -314,37 +318,6 @@ TRL_SCENARIOS: dict[str, TrlScenario] = {
 }
 
 
-def tiny_causal_lm(arch: str, vocab_size: int, seed: int) -> PreTrainedModel:
-    """A two-layer causal LM of width 32 for a tokenizer of ``vocab_size``, randomly initialised from ``seed``."""
-    torch.manual_seed(seed)
-    if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=64,
-            pad_token_id=0,
-            eos_token_id=1,
-        )
-        return LlamaForCausalLM(config)
-    if arch == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab_size,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_positions=64,
-            pad_token_id=0,
-            eos_token_id=1,
-            bos_token_id=1,
-        )
-        return GPT2LMHeadModel(config)
-    raise ValueError(f"unknown arch {arch!r}: llama or gpt2")
-
-
 def tiny_trl_trainer(
     scenario: str,
     output_dir: str,
@@ -363,7 +336,7 @@ def tiny_trl_trainer(
 
     spec = TRL_SCENARIOS[scenario]
     tokenizer = AutoTokenizer.from_pretrained(TINY_LLAMA)
-    model = tiny_causal_lm(arch, len(tokenizer), seed)
+    model = tiny_model(arch, seed, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=1)
     settings: dict[str, Any] = {
         "per_device_train_batch_size": 8,
         "per_device_eval_batch_size": 64,
