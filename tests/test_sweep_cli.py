@@ -158,7 +158,7 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="fi
 
 @linux_only
 def test_a_killed_worker_loses_no_run(sweep):
-    """A worker killed mid-sweep takes the runs in its pool's hands with it: each is judged again, alone."""
+    """A worker killed mid-sweep loses nothing: the run it was reading is judged again in a fresh worker."""
     result, killed = killing_workers(["--json", "--jobs", "2", str(sweep)], every=False)
     assert killed == 1
     assert (result.returncode, result.stdout) == (1, cli("--json", str(sweep)).stdout), result.stderr
@@ -169,9 +169,29 @@ def test_a_run_whose_worker_always_dies_is_unreadable(sweep, tmp_path):
     for name in ("healthy", "exploding"):
         shutil.copytree(sweep / name / "runs", tmp_path / name)
     result, killed = killing_workers(["--jobs", "2", str(tmp_path)], every=True)
-    # each run died in the pool and again alone; nothing could be read: exit 2, one line naming both runs
+    # each run's worker died, and again in a fresh one; nothing could be read: exit 2, one line naming both runs
     assert killed >= 3 and result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and result.stderr.count(WORKER_DIED) == 2, result.stderr
+
+
+@linux_only
+def test_ctrl_c_ends_a_sweep_in_one_line_and_leaves_no_worker(sweep, tmp_path):
+    for n in range(4 * MANY_RUNS):
+        shutil.copytree(sweep / "healthy" / "runs", tmp_path / f"run-{n:02d}")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainwatch", "analyze", "--jobs", "2", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 60
+    while len(workers := spawned_workers(process.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.killpg(process.pid, signal.SIGINT)  # as a terminal sends it: to every process of the command
+    stdout, stderr = process.communicate(timeout=60)
+    assert (process.returncode, stdout, stderr) == (130, "", "trainwatch: interrupted\n")
+    assert len(workers) == 2 and not [pid for pid in workers if Path(f"/proc/{pid}").exists()]
 
 
 def test_a_progress_bar_on_a_terminal_only(sweep, tmp_path):

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from trainwatch.analysis import RunSource
 
 HEALTHY, FAILURE, BAD_INPUT, NOT_JUDGED = 0, 1, 2, 3
+INTERRUPTED = 130
+"""Ctrl-C: the shell's own code for a command ended by SIGINT."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LogReadError as error:
         print(f"trainwatch: error: {error}", file=sys.stderr)
         return BAD_INPUT
+    except KeyboardInterrupt:
+        print("trainwatch: interrupted", file=sys.stderr)
+        return INTERRUPTED
 
 
 def _analyze(args: argparse.Namespace) -> int:

@@ -9,14 +9,14 @@ sweep with: one line per run, failures first, then the counts, then what went wr
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import re
+import signal
 import sys
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,53 +96,106 @@ def _unexpected(error: BaseException) -> str:
 def _judge_in_workers(
     sources: Sequence[RunSource], settings: Settings, jobs: int, advance: Callable[[], object]
 ) -> list[RunReport]:
-    """Judge in a pool of ``jobs`` processes. When a worker dies, the pool is lost with every run in its hands: those
-    runs are judged again, each alone in a new worker, so the one that kills it again is the one unreadable, and the
-    pool is started afresh for the rest."""
+    """Judge in ``jobs`` worker processes, each holding one run at a time, so that a worker's death names the run it
+    was reading. That run is tried once more in a fresh worker (the death may have been another's doing: memory the
+    others held); when it dies again, it is unreadable.
+
+    Not :class:`~concurrent.futures.ProcessPoolExecutor`: when a worker dies while another is being started (Python
+    3.11 and 3.12), the new one is never terminated and its shutdown waits for it forever."""
     reports: dict[int, RunReport] = {}
     waiting = deque(range(len(sources)))
-    while waiting:
-        suspects = _pool_pass(sources, settings, waiting, jobs, reports, advance)
-        for index in suspects:
-            if _pool_pass(sources, settings, deque([index]), 1, reports, advance):
-                reports[index] = unreadable(sources[index], WORKER_DIED)
-                advance()
+    deaths: Counter[int] = Counter()
+    idle: list[_Worker] = []
+    busy: dict[_Worker, int] = {}
+    try:
+        while waiting or busy:
+            while waiting and len(idle) + len(busy) < jobs:
+                idle.append(_Worker(settings))
+            while waiting and idle:
+                worker, index = idle.pop(), waiting.popleft()
+                busy[worker] = index
+                worker.send(sources[index])
+            ready = multiprocessing.connection.wait([w.channel for w in busy] + [w.process.sentinel for w in busy])
+            for worker, index in list(busy.items()):
+                if worker.channel not in ready and worker.process.sentinel not in ready:
+                    continue
+                del busy[worker]
+                report = worker.receive()
+                if report is not None:
+                    reports[index] = report
+                    idle.append(worker)
+                    advance()
+                    continue
+                worker.stop()
+                deaths[index] += 1
+                if deaths[index] < 2:
+                    waiting.appendleft(index)
+                else:
+                    reports[index] = unreadable(sources[index], WORKER_DIED)
+                    advance()
+    finally:
+        for worker in [*idle, *busy]:
+            worker.stop()
     return [reports[index] for index in range(len(sources))]
 
 
-def _pool_pass(
-    sources: Sequence[RunSource],
-    settings: Settings,
-    waiting: deque[int],
-    jobs: int,
-    reports: dict[int, RunReport],
-    advance: Callable[[], object],
-) -> list[int]:
-    """Judge the ``waiting`` runs (taking them off it) until none is left, or a worker dies: then return the runs
-    that were in the pool's hands, the one that killed it among them. The pool holds at most two runs per worker at
-    a time, so that a death makes few suspects and the rest wait untouched."""
-    with ProcessPoolExecutor(jobs, mp_context=_SPAWN) as pool:
-        running: dict[Future[RunReport], int] = {}
-        while waiting or running:
-            while waiting and len(running) < 2 * jobs:
-                index = waiting.popleft()
-                try:
-                    running[pool.submit(_judge_safely, sources[index], settings)] = index
-                except BrokenProcessPool:  # a worker died between two submissions: the pool takes no more
-                    return [index, *running.values()]
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            suspects = []
-            for future in done:
-                index = running.pop(future)
-                error = future.exception()
-                if isinstance(error, BrokenProcessPool):
-                    suspects.append(index)
-                    continue
-                reports[index] = future.result() if error is None else unreadable(sources[index], _unexpected(error))
-                advance()
-            if suspects:
-                return suspects + list(running.values())
-    return []
+class _Worker:
+    """A process judging the runs sent to it one at a time, over a pipe of its own."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.channel, theirs = _SPAWN.Pipe()
+        self.process = _SPAWN.Process(target=_work, args=(theirs, settings), daemon=True)
+        with _ctrl_c_blocked():  # the mask survives exec: the worker never sees Ctrl-C, stopping it is the parent's
+            self.process.start()
+        theirs.close()  # ours closed too when the process dies: a read then fails instead of waiting
+
+    def send(self, source: RunSource) -> None:
+        try:
+            self.channel.send(source)
+        except OSError:  # it died before taking the run: ``receive`` finds it dead
+            pass
+
+    def receive(self) -> RunReport | None:
+        """The report of the run it was sent, or None when it died before sending one."""
+        try:
+            return self.channel.recv()
+        except (EOFError, OSError):
+            return None
+
+    def stop(self) -> None:
+        """Ask it to finish; kill it if it does not within a second (a dead one costs nothing)."""
+        try:
+            self.channel.send(None)
+        except OSError:
+            pass
+        self.process.join(1.0)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.channel.close()
+
+
+@contextmanager
+def _ctrl_c_blocked() -> Iterator[None]:
+    """SIGINT held back in this thread (delivered when it ends); a process started meanwhile is born with it blocked,
+    so a terminal's Ctrl-C, sent to every process, gives one line from the parent instead of a traceback per worker
+    (even one still importing)."""
+    if not hasattr(signal, "pthread_sigmask"):  # Windows: Ctrl-C reaches a console's processes otherwise
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _work(channel: multiprocessing.connection.Connection, settings: Settings) -> None:
+    try:
+        while (source := channel.recv()) is not None:
+            channel.send(_judge_safely(source, settings))
+    except (EOFError, OSError):  # the parent is gone
+        return
 
 
 @contextmanager
