@@ -1,4 +1,5 @@
-"""What the gradient probe costs: one armed read, and the hook on a step it is not armed for, beside the step time.
+"""What the gradient probe and the NaN replay cost: one armed read, the hook on a step it is not armed for, the loss
+watch on every step, and the one replay of a run that goes NaN, beside the step time.
 
     python benchmarks/gradient_probe.py           # the tiny model and the shipped 4-bit model (a minute or two)
     python benchmarks/gradient_probe.py --quick   # the tiny model only, fewer repetitions, for the smoke test
@@ -7,8 +8,10 @@ For each model a short real Trainer run (no evaluation, no saving) gives the med
 forward/backward on a train batch leaves real gradients, and the probe reads them ``--repeat`` times (median): that
 is the armed cost, paid on the first step, on two steps before and one after each evaluation, and on the step after
 a suspicious log. The unarmed cost is the Diagnoser's ``on_pre_optimizer_step`` on a step far from any evaluation:
-the test that finds nothing to do. Times are wall clock on this machine; on a shared machine the step time moves
-more than the probe does, so the medians matter, not the last digit.
+the test that finds nothing to do. The loss watch (trainwatch/nan_origin.py) runs on every step: its forward hook
+keeps the micro-batch and its loss, and ``check`` reads the loss to the host once; the replay of the batch, module by
+module, runs once in a run, on its first non-finite loss. Times are wall clock on this machine; on a shared machine
+the step time moves more than the probe does, so the medians matter, not the last digit.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from transformers import TrainerCallback, TrainerControl, TrainerState  # noqa: 
 
 from trainwatch import Diagnoser  # noqa: E402
 from trainwatch.gradients import BASELINE, GradientProbe  # noqa: E402
+from trainwatch.nan_origin import LossWatch, replay  # noqa: E402
 
 
 class StepTimer(TrainerCallback):
@@ -57,8 +61,9 @@ def measure(name: str, trainer: Any, repeat: int) -> dict[str, Any]:
     model = trainer.model
     model.train()
     batch = next(iter(trainer.get_train_dataloader()))
-    loss = trainer.compute_loss(model, trainer._prepare_inputs(batch))  # noqa: SLF001 - the batch as Trainer feeds it
-    loss.backward()
+    inputs = trainer._prepare_inputs(batch)  # noqa: SLF001 - the batch as Trainer feeds it
+    outputs = model(**inputs)
+    outputs.loss.backward()
 
     probe = GradientProbe()
 
@@ -76,6 +81,15 @@ def measure(name: str, trainer: Any, repeat: int) -> dict[str, Any]:
     state.global_step, state.eval_steps = 1000, 500
     args, control = trainer.args, TrainerControl()
     unarmed = median_seconds(lambda: diagnoser.on_pre_optimizer_step(args, state, control, model=model), repeat * 100)
+    watch = LossWatch(model)
+    watch.close()  # timed by hand below: the hook as the forward pass calls it, then the step's check
+
+    def watched_step() -> None:
+        watch._record(model, (), inputs, outputs)  # noqa: SLF001
+        watch.check(1)
+
+    watched = median_seconds(watched_step, repeat * 100)
+    replayed = median_seconds(lambda: replay(model, (), inputs, 1), max(3, repeat // 10))
     step = statistics.median(timer.times[1:] or timer.times)
     return {
         "model": name,
@@ -84,6 +98,9 @@ def measure(name: str, trainer: Any, repeat: int) -> dict[str, Any]:
         "armed_us": armed * 1e6,
         "armed_pct_of_step": 100 * armed / step,
         "unarmed_ns": unarmed * 1e9,
+        "watch_us": watched * 1e6,
+        "watch_pct_of_step": 100 * watched / step,
+        "replay_ms": replayed * 1e3,
     }
 
 
@@ -117,11 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(measure("tiny llama (full fine-tune)", tiny(tmp + "/tiny", 10 if options.quick else 30), repeat))
         if not options.quick:
             rows.append(measure("shipped 4-bit + LoRA (CPU)", shipped_4bit(tmp + "/4bit", 8), repeat))
-    print("| model | trainable tensors | median step | armed read (median) | armed read / step | unarmed hook (median) |")
-    print("|---|---|---|---|---|---|")
+    print("| model | trainable tensors | median step | armed read (median) | armed read / step | unarmed hook (median) "
+          "| loss watch per step | loss watch / step | NaN replay (once) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['trainable_tensors']} | {r['step_s'] * 1e3:.1f} ms | {r['armed_us']:.0f} µs | "
-              f"{r['armed_pct_of_step']:.3f} % | {r['unarmed_ns']:.0f} ns |")
+              f"{r['armed_pct_of_step']:.3f} % | {r['unarmed_ns']:.0f} ns | {r['watch_us']:.1f} µs | "
+              f"{r['watch_pct_of_step']:.3f} % | {r['replay_ms']:.1f} ms |")
     return 0
 
 

@@ -108,10 +108,11 @@ class NaNFromStep(TrainerCallback):
             self.handle = mlp.register_forward_hook(lambda module, inputs, out: out * math.nan)
 
 
-def test_a_nan_born_in_one_layer_is_decided_at_its_step_and_blames_no_single_tensor(tmp_path) -> None:
+def test_a_nan_born_in_one_layer_is_named_by_the_replay_not_by_the_gradients(tmp_path) -> None:
     """A NaN in layer 1's output makes the loss NaN, so every gradient is NaN (the backward starts from it), and the
     optimizer writes NaN into every weight: the gradients and weights read after it cannot say where it was born,
-    and the report says so rather than name the first tensor in module order."""
+    and the report says so rather than name the first tensor in module order. The replay of the step's batch, before
+    the update, can (tests/test_nan_origin.py)."""
     diagnoser = Diagnoser()
     tiny_trainer("healthy", str(tmp_path), callbacks=[NaNFromStep(4), diagnoser], report_to=[], max_steps=6,
                  eval_strategy="no").train()
@@ -121,6 +122,7 @@ def test_a_nan_born_in_one_layer_is_decided_at_its_step_and_blames_no_single_ten
     assert evidence["tensors_with_non_finite_gradient"] == evidence["tensors_with_non_finite_weights"] == 21
     assert evidence["first_non_finite_gradient"] is None and evidence["first_non_finite_weight"] is None
     assert "every one of the 21 trainable tensors has non-finite weights" in finding.summary
+    assert evidence["non_finite_born_in"] == "model.layers.1.mlp" and evidence["nan_replay_step"] == 4
 
 
 # -- why no gradient can flow, told from the model ---------------------------------------------------------------

@@ -38,6 +38,7 @@ from trainwatch.gradients import (
     sharded,
 )
 from trainwatch.history import GRAD_NORM, LOSS, REINFORCEMENT, Facts, objective_from_args
+from trainwatch.nan_origin import LossWatch, Origin
 from trainwatch.report import format_finding, to_json, write_json_atomic
 
 logger = logging.getLogger("trainwatch")
@@ -137,6 +138,8 @@ class DiagnosisCallback(TrainerCallback):
         self._early_loss_due = False
         self.probe = GradientProbe() if probe_gradients and {EXPLODING, FLAT} & set(self.kinds) else None
         self._probe: GradientProbe | None = None  # the probe while a run that it can read is on
+        self._watch: LossWatch | None = None  # where a NaN is born, with the probe
+        self._origin: Origin | None = None  # what its replay found
         self._unlocalized: list[Finding] = []
 
     # -- what users read --------------------------------------------------------------------------------------------
@@ -166,6 +169,11 @@ class DiagnosisCallback(TrainerCallback):
         if self._probe is not None:
             self._probe.reset()
             self._probe.max_grad_norm = float(args.max_grad_norm or 0.0)
+        if self._watch is not None:
+            self._watch.close()
+        self._origin = None
+        watching = self._probe is not None and model is not None and not args.torch_compile  # a hook breaks graphs
+        self._watch = LossWatch(model, args.gradient_accumulation_steps) if watching else None
         if self.preflight:
             self._preflight_begin(args, state, control, model, kwargs)
 
@@ -200,16 +208,20 @@ class DiagnosisCallback(TrainerCallback):
             self._switch_off("on_log", error)
 
     def on_pre_optimizer_step(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, model: Any = None, **kwargs: Any) -> None:
-        """The gradient probe, on the steps it is armed for (contained as ``@_contained`` does, written out: this runs
-        on every optimizer step, and unarmed it must cost no more than the test below).
+        """The gradient probe, on the steps it is armed for, and the loss watch (contained as ``@_contained`` does,
+        written out: this runs on every optimizer step, and unarmed it must cost no more than the tests below).
 
         The gradients read here are the ones every rank is about to apply: DDP has averaged them over the ranks
-        before Trainer clips them and calls this hook, so every rank reads the same values and decides alike.
+        before Trainer clips them and calls this hook, so every rank reads the same values and decides alike. The
+        weights are still the ones this step's forward passes ran with: a NaN loss is replayed here, before the
+        optimizer writes it into every weight.
         """
         probe = self._probe
         if probe is None or self.disabled:
             return
         try:
+            if self._watch is not None and self._watch.check(state.global_step + 1):
+                self._origin, self._watch = self._watch.origin, None  # one replay a run: the first NaN was born
             every = state.eval_steps if args.eval_strategy == "steps" else 0
             if every and (state.global_step + 1) % every in (0, every - 1):
                 probe.arm(BEFORE_EVALUATION)  # the reference that the first steps after the evaluation are judged by
@@ -225,6 +237,9 @@ class DiagnosisCallback(TrainerCallback):
 
     @_contained
     def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
         if not (self.report and state.is_world_process_zero):
             return
         path = self._write_report(state)
@@ -365,7 +380,8 @@ class DiagnosisCallback(TrainerCallback):
                 self._relocalize(finding, self._localize(finding, None), state)
 
     def _localize(self, finding: Finding, model: Any) -> Finding:
-        """``finding`` with the probe's evidence on the first tensor concerned; remembered until the probe has it."""
+        """``finding`` with the probe's evidence on the first tensor concerned (remembered until the probe has it), and
+        for a NaN, where the replay of its step found it born."""
         probe = self._probe
         evidence = probe.localization() if probe is not None else None
         extra: dict[str, Any] = dict(evidence or {})
@@ -375,9 +391,13 @@ class DiagnosisCallback(TrainerCallback):
             self._unlocalized.append(finding)
         zero = finding.cause == "zero_gradients" and model is not None
         blockage = run_inspection.blocked_gradients(model) if zero else None  # the cause the configuration shows
-        if not extra and blockage is None:
+        origin = self._origin if finding.cause == "non_finite" and "nan_replay_step" not in finding.evidence else None
+        if origin is not None and origin.step > finding.step:
+            origin = None  # a NaN after this finding's: not the one it is about
+        if not extra and blockage is None and origin is None:
             return finding
-        enriched = localized(refined(finding, blockage, self.engine.history.facts.hyperparameters), extra)
+        enriched = refined(finding, blockage, self.engine.history.facts.hyperparameters)
+        enriched = localized(origin.attached_to(enriched) if origin is not None else enriched, extra)
         for i, known in enumerate(self.engine.findings):
             if known is finding:
                 self.engine.findings[i] = enriched
