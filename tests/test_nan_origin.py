@@ -37,12 +37,23 @@ def test_a_nan_injected_into_a_lora_layer_is_named_at_its_step(tmp_path) -> None
 
     model = get_peft_model(tiny_model(), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     args = TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, gradient_accumulation_steps=2, learning_rate=1e-3,
-        max_steps=8, logging_steps=1, save_strategy="no", use_cpu=True, report_to=[], disable_tqdm=True, seed=0,
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        learning_rate=1e-3,
+        max_steps=8,
+        logging_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        report_to=[],
+        disable_tqdm=True,
+        seed=0,
     )
     injected = "base_model.model.model.layers.1.self_attn.v_proj.lora_B.default"
     diagnoser = Diagnoser(stop_on=["exploding"])
-    trainer = Trainer(model=model, args=args, train_dataset=Progressions(64), callbacks=[NaNFrom(3, injected), diagnoser])
+    trainer = Trainer(
+        model=model, args=args, train_dataset=Progressions(64), callbacks=[NaNFrom(3, injected), diagnoser]
+    )
     trainer.train()
     [finding] = diagnoser.diagnoses
     assert (finding.kind, finding.cause, finding.step) == ("exploding", "non_finite", 3)

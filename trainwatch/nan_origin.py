@@ -72,7 +72,9 @@ class Origin:
             return f"the NaN/inf is born in {name}: every module inside it returns finite values ({replayed})"
         if self.born_in is not None:
             return f"the NaN/inf is born in {name}: its inputs and weights are finite, its output is not ({replayed})"
-        why = "its weights are non-finite" if not self.weights_finite else "its input already was (born between modules)"
+        why = (
+            "its weights are non-finite" if not self.weights_finite else "its input already was (born between modules)"
+        )
         return f"first non-finite output: {name}, {why} ({replayed})"
 
     def attached_to(self, finding: Finding) -> Finding:
@@ -81,17 +83,30 @@ class Origin:
         fixes = list(finding.fixes)
         name = _display(self.module) if self.module is not None else ""
         if self.born_in == "":
-            fixes.insert(0, "find why the loss is NaN/inf while every layer's output is finite: a batch without a "
-                            "single target token (0/0 in the mean over tokens), a log of 0 in a custom loss")
+            fixes.insert(
+                0,
+                "find why the loss is NaN/inf while every layer's output is finite: a batch without a "
+                "single target token (0/0 in the mean over tokens), a log of 0 in a custom loss",
+            )
         elif self.born_in is not None:
-            fixes.insert(0, f"find why {name} returns NaN/inf on finite inputs: an overflow (fp16 tops out at 65504: "
-                            "train in bf16), a division by zero, a log or sqrt of 0 or of a negative number; call it "
-                            f"on step {self.step}'s batch to see it")
+            fixes.insert(
+                0,
+                f"find why {name} returns NaN/inf on finite inputs: an overflow (fp16 tops out at 65504: "
+                "train in bf16), a division by zero, a log or sqrt of 0 or of a negative number; call it "
+                f"on step {self.step}'s batch to see it",
+            )
         elif self.module is not None and self.weights_finite:
-            fixes.insert(0, f"look at the code between the modules around {name} (its parent's forward) and at the "
-                            "batch: its input is already non-finite")
-        return dataclasses.replace(finding, summary=f"{finding.summary}; {self.describe()}",
-                                   evidence={**finding.evidence, **self.evidence()}, fixes=fixes)
+            fixes.insert(
+                0,
+                f"look at the code between the modules around {name} (its parent's forward) and at the "
+                "batch: its input is already non-finite",
+            )
+        return dataclasses.replace(
+            finding,
+            summary=f"{finding.summary}; {self.describe()}",
+            evidence={**finding.evidence, **self.evidence()},
+            fixes=fixes,
+        )
 
 
 class LossWatch:
@@ -132,7 +147,9 @@ class LossWatch:
         try:
             self.origin = replay(self.model, args, kwargs, step)
         except Exception as error:  # noqa: BLE001 - out of memory, a model that cannot run twice: no origin, no harm
-            logger.warning("trainwatch: could not replay step %d's batch to find where the NaN is born (%r)", step, error)
+            logger.warning(
+                "trainwatch: could not replay step %d's batch to find where the NaN is born (%r)", step, error
+            )
         return True
 
     def close(self) -> None:
