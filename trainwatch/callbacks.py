@@ -37,7 +37,7 @@ from trainwatch.gradients import (
     refined,
     sharded,
 )
-from trainwatch.history import GRAD_NORM, LOSS, REINFORCEMENT, Facts, objective_from_args
+from trainwatch.history import GRAD_NORM, LOSS, REINFORCEMENT, Facts, objective_from_args, predicts_tokens
 from trainwatch.nan_origin import LossWatch, Origin
 from trainwatch.report import format_finding, to_json, write_json_atomic
 
@@ -480,7 +480,8 @@ def _facts(args: TrainingArguments, model: Any, state: TrainerState) -> Facts:
     params = {k: v for k, v in args.to_dict().items() if isinstance(v, (int, float, str, bool))}
     vocab_size = None
     config = getattr(model, "config", None)
-    if config is not None:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under PEFT's wrapper
+    if config is not None and predicts_tokens([type(model).__name__, type(base).__name__]) is not False:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         vocab_size = getattr(text_config, "vocab_size", None)
     for peft_config in (getattr(model, "peft_config", None) or {}).values():

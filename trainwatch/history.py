@@ -9,6 +9,7 @@ the same series always leaves the same History behind.
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -64,12 +65,33 @@ def objective_from_args(args: Mapping[str, Any]) -> str | None:
     return None
 
 
+TOKEN_HEADS = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "ForMaskedLM", "WithLMHead")
+"""Transformers' model classes whose loss is a cross-entropy over the vocabulary: causal, masked and seq2seq
+language models (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``T5ForConditionalGeneration``, ``BertForMaskedLM``,
+PEFT's ``PeftModelForCausalLM``)."""
+_TASK_HEAD = re.compile(r"For[A-Z]")
+
+
+def predicts_tokens(architectures: Iterable[Any]) -> bool | None:
+    """Whether a model's loss is a cross-entropy over its vocabulary, told by its class names (``<Model>For<Task>``):
+    True for a language-model head (:data:`TOKEN_HEADS`); False for any other task head (sequence classification or
+    regression, CTC, question answering, ...), whose config's ``vocab_size`` says nothing of its loss (a CTC loss
+    summed over frames sits far above ln 32 for good); None when no name tells (a bare or custom model)."""
+    names = [name for name in architectures if isinstance(name, str)]
+    if any(head in name for name in names for head in TOKEN_HEADS):
+        return True
+    if any(_TASK_HEAD.search(name) for name in names):
+        return False
+    return None
+
+
 @dataclass
 class Facts:
     """What is known about the run besides its curves: used to judge (vocab size, objective, planned length) and to
     make fixes concrete."""
 
     vocab_size: int | None = None
+    """The vocabulary a language model predicts over (None for any other model: :func:`predicts_tokens`)."""
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     """TrainingArguments fields plus ``lora_r``, ``lora_alpha``, ``lora_dropout`` where known."""
     max_steps: int | None = None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainwatch.history import SIGNALS, Facts, objective_from_args
+from trainwatch.history import SIGNALS, Facts, objective_from_args, predicts_tokens
 from trainwatch.logs import LogReadError
 from trainwatch.logs.source import Curves, curves_of, is_number, is_step, other_keys_of
 
@@ -149,7 +149,12 @@ def lora_hyperparameters(adapter_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def vocab_size_from_config(config: Mapping[str, Any]) -> int | None:
-    """A model config's vocabulary size, looking into ``text_config`` for multimodal models, as the live one does."""
+    """A model config's vocabulary size, looking into ``text_config`` for multimodal models, as the live one does;
+    None for a model whose ``architectures`` name a task head other than a language model's (its loss is no
+    cross-entropy over that vocabulary)."""
+    architectures = config.get("architectures")
+    if isinstance(architectures, list) and predicts_tokens(architectures) is False:
+        return None
     for candidate in (config.get("text_config"), config):
         if isinstance(candidate, Mapping) and _is_count(candidate.get("vocab_size")):
             return int(candidate["vocab_size"])
