@@ -145,9 +145,16 @@ class _Worker:
     def __init__(self, settings: Settings) -> None:
         self.channel, theirs = _SPAWN.Pipe()
         self.process = _SPAWN.Process(target=_work, args=(theirs, settings), daemon=True)
-        with _ctrl_c_blocked():  # the mask survives exec: the worker never sees Ctrl-C, stopping it is the parent's
-            self.process.start()
-        theirs.close()  # ours closed too when the process dies: a read then fails instead of waiting
+        try:
+            with _ctrl_c_deferred():
+                self.process.start()
+        except BaseException:  # Ctrl-C while it started: a worker nobody will stop
+            self.process.kill()
+            self.process.join()
+            self.channel.close()
+            raise
+        finally:
+            theirs.close()  # ours closed too when the process dies: a read then fails instead of waiting
 
     def send(self, source: RunSource) -> None:
         try:
@@ -176,18 +183,34 @@ class _Worker:
 
 
 @contextmanager
-def _ctrl_c_blocked() -> Iterator[None]:
-    """SIGINT held back in this thread (delivered when it ends); a process started meanwhile is born with it blocked,
-    so a terminal's Ctrl-C, sent to every process, gives one line from the parent instead of a traceback per worker
-    (even one still importing)."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: Ctrl-C reaches a console's processes otherwise
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+def _ctrl_c_deferred() -> Iterator[None]:
+    """Ctrl-C held back while a worker starts, then raised: a terminal sends it to every process, and it must give one
+    line from the parent, not a traceback from a worker still importing, nor one from a worker whose start it cut
+    short (it then reads half its instructions). A worker is born with SIGINT blocked (the mask survives exec), so
+    stopping it is the parent's; the parent meanwhile only notes a Ctrl-C (its other threads, numpy's, can take the
+    signal while this one blocks it) and raises KeyboardInterrupt once the worker is started."""
+    caught: list[int] = []
+    handler = signal.getsignal(signal.SIGINT)
+    defer = threading.current_thread() is threading.main_thread() and handler is not None
+    if defer:
+        signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    blocking = hasattr(signal, "pthread_sigmask")  # not on Windows
+    if blocking:
+        from multiprocessing import resource_tracker
+
+        # Started by the first worker otherwise, and its start *unblocks* SIGINT in this thread when done: the
+        # worker would be born with Ctrl-C open.
+        resource_tracker.ensure_running()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        if defer:
+            signal.signal(signal.SIGINT, handler)
+        if blocking:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # one held back is delivered now, to the handler
+        if caught:
+            raise KeyboardInterrupt
 
 
 def _work(channel: multiprocessing.connection.Connection, settings: Settings) -> None:
