@@ -110,6 +110,15 @@ def test_the_watch_replays_the_first_micro_batch_whose_loss_is_non_finite() -> N
     assert not model._forward_hooks
 
 
+def test_a_loss_that_is_no_tensor_is_left_alone() -> None:
+    """A hook inside the user's forward pass must never raise: a model returning a plain float as its loss."""
+    model = torch.nn.Linear(2, 2)
+    watch = LossWatch(model)
+    watch._record(model, (), {}, {"loss": 1.5})
+    watch._record(model, (), {}, (torch.ones(1),))
+    assert not watch._batches and not watch.check(step=1)
+
+
 def test_finite_losses_drop_their_batches_and_keep_the_watch() -> None:
     model = Scaled()
     watch = LossWatch(model, micro_batches=2)

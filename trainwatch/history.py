@@ -76,7 +76,7 @@ def predicts_tokens(architectures: Iterable[Any]) -> bool | None:
     """Whether a model's loss is a cross-entropy over its vocabulary, told by its class names (``<Model>For<Task>``):
     True for a language-model head (:data:`TOKEN_HEADS`); False for any other task head (sequence classification or
     regression, CTC, question answering, ...), whose config's ``vocab_size`` says nothing of its loss (a CTC loss
-    summed over frames sits far above ln 32 for good); None when no name tells (a bare or custom model)."""
+    averaged over target lengths starts near 3 × ln 32); None when no name tells (a bare or custom model)."""
     names = [name for name in architectures if isinstance(name, str)]
     if any(head in name for name in names for head in TOKEN_HEADS):
         return True

@@ -128,7 +128,7 @@ class LossWatch:
         import torch
 
         loss = output.get("loss") if isinstance(output, Mapping) else None
-        if loss is not None and module.training and torch.is_grad_enabled():
+        if isinstance(loss, torch.Tensor) and module.training and torch.is_grad_enabled():
             self._batches.append((args, kwargs, loss.detach()))
 
     def check(self, step: int) -> bool:
