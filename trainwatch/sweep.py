@@ -100,8 +100,8 @@ def _judge_in_workers(
     was reading. That run is tried once more in a fresh worker (the death may have been another's doing: memory the
     others held); when it dies again, it is unreadable.
 
-    Not :class:`~concurrent.futures.ProcessPoolExecutor`: when a worker dies while another is being started (Python
-    3.11 and 3.12), the new one is never terminated and its shutdown waits for it forever."""
+    Not :class:`~concurrent.futures.ProcessPoolExecutor`: when a worker dies while another is being started (seen on
+    Python 3.11), the new one is never terminated and its shutdown waits for it forever."""
     reports: dict[int, RunReport] = {}
     waiting = deque(range(len(sources)))
     deaths: Counter[int] = Counter()
