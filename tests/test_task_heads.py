@@ -4,7 +4,8 @@ A wav2vec2 CTC fine-tune (its loss averaged over target lengths, as the Hugging 
 3 × ln 32 and falls steadily; a BERT regression head's mean squared error starts at 20 × ln 64. Both were called
 "exploding" (worse than knowing nothing) at their first log. Real tiny Trainer runs, live and post-hoc from the
 TensorBoard files Trainer wrote, with each model loaded from a checkpoint as a fine-tune loads its base (so its
-config names its class), plus the rule on class names alone.
+config names its class) or built from its config (the live report then tells what the logs cannot), plus the rule
+on class names alone.
 """
 
 from __future__ import annotations
@@ -123,6 +124,37 @@ def test_a_task_heads_loss_is_not_judged_against_its_vocabulary(build, data, tmp
 
     result = subprocess.run(
         [sys.executable, "-m", "trainwatch", "analyze", "--json", str(output_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    [report] = map(json.loads, result.stdout.splitlines())
+    assert (result.returncode, report["verdict"], report["facts"]["vocab_size"]) == (0, "healthy", None), result.stderr
+
+
+def test_a_model_built_from_its_config_is_judged_post_hoc_as_it_was_live(tmp_path: Path) -> None:
+    """Built from a config, the model names no class in TensorBoard's ``model_config`` (``architectures`` is null):
+    only the live run knew it predicts no tokens, and its report says so."""
+    torch.manual_seed(0)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        learning_rate=1e-3,
+        max_steps=20,
+        logging_steps=5,
+        use_cpu=True,
+        report_to=["tensorboard"],
+        disable_tqdm=True,
+        save_strategy="no",
+        seed=0,
+    )
+    diagnoser = Diagnoser()
+    Trainer(model=ctc_model(), args=args, train_dataset=Speech(160), callbacks=[diagnoser]).train()
+    assert diagnoser.verdict == "healthy"
+    assert json.loads((tmp_path / "trainwatch" / "diagnosis.json").read_text())["facts"] == {"vocab_size": None}
+    result = subprocess.run(
+        [sys.executable, "-m", "trainwatch", "analyze", "--json", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=120,

@@ -376,14 +376,17 @@ def judge_run(
     except LogReadError as error:
         report.error = str(error)
         return report
-    engine.history.facts = _with_vocab_size(run.facts, vocab_size)
+    output_dir = _output_dir(source)
+    live = read_live_report(output_dir) if output_dir else None
+    facts = run.facts
+    if live is not None and live.knows_vocab_size:  # the live run knew the model's class, the logs may not
+        facts = dataclasses.replace(facts, vocab_size=live.vocab_size)
+    engine.history.facts = _with_vocab_size(facts, vocab_size)
     _replay(engine, run.entries(), report)
     report.notes.extend(run.notes)  # complete once streamed: what restarts and resumes dropped is counted then
     report.curves = run.curves()
     report.diagnoses = list(engine.findings)
     report.history = engine.history
-    output_dir = _output_dir(source)
-    live = read_live_report(output_dir) if output_dir else None
     if live is not None:  # the live callback's decisions, a pre-flight one included, which the logs cannot show
         report.diagnoses, notes = with_live_decisions(report.diagnoses, live, engine.history.step)
         report.notes.extend(notes)

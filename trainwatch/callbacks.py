@@ -275,6 +275,7 @@ class DiagnosisCallback(TrainerCallback):
         choices = {f.kind: self._checkpoint_to_keep(f, state) for f in self.engine.findings}
         keep = {kind: str(c.path) if c.path else None for kind, c in choices.items()}
         data = to_json(self.engine.findings, source="live", step=state.global_step, stopped_by=stopped, checkpoints_to_keep=keep)
+        data["facts"] = {"vocab_size": self.engine.history.facts.vocab_size}  # the model's class told whether it counts
         if self.context:
             data["context"] = self.context
         if self.preflight:

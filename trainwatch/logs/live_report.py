@@ -3,7 +3,9 @@
 It holds decisions that the logs cannot show: the pre-flight decides a train set without a single target token
 (from the data) or a model no gradient can reach (from its configuration) at step 0, before any log (``evidence["decided_by"] == "pre-flight"``), and a run it stopped there
 logged one step or none. ``trainwatch analyze`` reads the report where a run has one, so the live and the post-hoc
-verdict are the same, and says so in a note. A damaged report is a note, never an error: the logs still speak.
+verdict are the same, and says so in a note. It also says which vocabulary the live run judged the loss against:
+the model's class tells whether there is one (a CTC or regression head predicts no tokens), and a model built from a
+config names no class in the logs. A damaged report is a note, never an error: the logs still speak.
 """
 
 from __future__ import annotations
@@ -28,6 +30,10 @@ class LiveReport:
     paths: list[Path]
     findings: list[Finding] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    vocab_size: int | None = None
+    knows_vocab_size: bool = False
+    """Whether the report says which vocabulary the live run judged against (None: its model predicts no tokens,
+    which the logs cannot always show: a model built from a config names no class in it)."""
 
     @property
     def label(self) -> str:
@@ -51,6 +57,11 @@ def read_live_report(output_dir: Path) -> LiveReport | None:
         except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, RecursionError) as error:
             report.notes.append(f"trainwatch's live report {path} cannot be read ({type(error).__name__}): not used")
             continue
+        facts = data.get("facts")
+        if isinstance(facts, dict) and "vocab_size" in facts:
+            vocab = facts["vocab_size"]
+            if vocab is None or (isinstance(vocab, int) and not isinstance(vocab, bool) and vocab >= 2):
+                report.vocab_size, report.knows_vocab_size = vocab, True
         report.findings.extend(f for f in found if f.kind not in {g.kind for g in report.findings})
     return report
 
