@@ -362,9 +362,14 @@ class GradientProbe:
                 "first_non_finite_weight": bad[0] if 0 < len(bad) < len(tensors) else None}
 
 
+def short_name(name: str) -> str:
+    """A parameter's or module's name without PEFT's wrapping prefix."""
+    return name.removeprefix("base_model.model.")
+
+
 def short_names(names: Iterable[str], limit: int) -> list[str]:
     """Parameter names without PEFT's wrapping prefix, at most ``limit`` (the rest counted)."""
-    names = [n.removeprefix("base_model.model.") for n in names]
+    names = [short_name(n) for n in names]
     return names[:limit] + ([f"... {len(names) - limit} more"] if len(names) > limit else [])
 
 
@@ -492,7 +497,7 @@ def why_no_gradient(path: GradientPath, limit: int = 8) -> Blockage | None:
                        "included, on a 4/8-bit base: prepare_model_for_kbit_training freezes every parameter, so "
                        "called after get_peft_model (the model prepared twice) it froze the adapters")
             return Blockage(FROZEN_BY_KBIT_PREPARE, summary, path.adapters,
-                            {**count, "frozen_adapter_tensors": frozen, "first_frozen": _short(path.adapters[0])})
+                            {**count, "frozen_adapter_tensors": frozen, "first_frozen": short_name(path.adapters[0])})
         if frozen:
             how = ("PEFT loaded them for inference (inference_mode: PeftModel.from_pretrained without is_trainable=True)"
                    if path.adapters_for_inference else "they were frozen")
@@ -506,26 +511,26 @@ def why_no_gradient(path: GradientPath, limit: int = 8) -> Blockage | None:
     if lora and set(lora) <= set(path.zero_scaled):
         alpha = f"lora_alpha={_num(path.lora_alpha)}, r={_num(path.lora_r)}" if path.lora_alpha is not None else "scaling 0"
         summary = (f"LoRA's scaling lora_alpha / r is 0 ({alpha}): every adapter's output is multiplied by 0, so none "
-                   f"of its {len(lora)} tensors gets a gradient, first {_short(lora[0])}")
+                   f"of its {len(lora)} tensors gets a gradient, first {short_name(lora[0])}")
         return Blockage(LORA_ALPHA_ZERO, summary, tuple(lora), {
             **count, "lora_alpha": path.lora_alpha, "lora_r": path.lora_r, "zero_scaled_tensors": len(lora),
-            "first_without_gradient": _short(lora[0]), "blocked": short_names(lora, limit)})
+            "first_without_gradient": short_name(lora[0]), "blocked": short_names(lora, limit)})
     if lora and set(lora) <= set(path.zero_lora):
         summary = (f"every LoRA layer's lora_A and lora_B are both all zero: the gradient of each is the other's "
-                   f"product, 0, so none of the {len(lora)} adapter tensors ever leaves zero, first {_short(lora[0])}")
+                   f"product, 0, so none of the {len(lora)} adapter tensors ever leaves zero, first {short_name(lora[0])}")
         return Blockage(LORA_WEIGHTS_ZERO, summary, tuple(lora), {
-            **count, "zero_adapter_tensors": len(lora), "first_without_gradient": _short(lora[0]),
+            **count, "zero_adapter_tensors": len(lora), "first_without_gradient": short_name(lora[0]),
             "blocked": short_names(lora, limit)})
     inside = path.in_reentrant_layers
     if inside and not path.inputs_require_grad and not path.elsewhere:
         layers = path.reentrant_layers
         summary = (f"{len(inside)} of {len(path.trainable)} trainable tensors sit in the {len(layers)} layers "
-                   f"checkpointed with use_reentrant=True ({_short(layers[0])}, ...), whose inputs do not require grad "
+                   f"checkpointed with use_reentrant=True ({short_name(layers[0])}, ...), whose inputs do not require grad "
                    "(frozen input embeddings, no enable_input_require_grads()): a reentrant checkpoint passes them no "
-                   f"gradient, first {_short(inside[0])}")
+                   f"gradient, first {short_name(inside[0])}")
         return Blockage(CHECKPOINTING_WITHOUT_INPUT_GRADS, summary, inside, {
             **count, "reentrant_layers": len(layers), "tensors_in_reentrant_layers": len(inside),
-            "first_without_gradient": _short(inside[0]), "blocked": short_names(inside, limit)})
+            "first_without_gradient": short_name(inside[0]), "blocked": short_names(inside, limit)})
     return None
 
 
@@ -546,8 +551,6 @@ def refined(finding: Finding, blockage: Blockage | None, params: Any) -> Finding
     )
 
 
-def _short(name: str) -> str:
-    return name.removeprefix("base_model.model.")
 
 
 def _num(value: Any) -> str:

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainwatch.findings import Finding
+from trainwatch.gradients import short_name
 
 logger = logging.getLogger("trainwatch")
 
@@ -198,5 +199,5 @@ def _finite(value: Any) -> bool:
 
 
 def _display(name: str) -> str:
-    """A module's name without PEFT's wrapping prefix, as the findings name tensors; the model itself by its role."""
-    return name.removeprefix("base_model.model.") or "the model's loss computation"
+    """A module's name as the findings name tensors; the model itself (``""``) by its role."""
+    return short_name(name) or "the model's loss computation"
