@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -94,34 +95,25 @@ def regression_model() -> BertForSequenceClassification:
     )
 
 
-@pytest.mark.parametrize(
-    ("build", "data"), [(ctc_model, Speech), (regression_model, Scores)], ids=["ctc", "regression"]
-)
-def test_a_task_heads_loss_is_not_judged_against_its_vocabulary(build, data, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    build().save_pretrained(tmp_path / "base")  # its config now names its class, as a hub checkpoint's does
-    model = type(build()).from_pretrained(tmp_path / "base")
-    output_dir = tmp_path / "run"
+def train(model: Any, data: torch.utils.data.Dataset, output_dir: Path, diagnoser: Diagnoser, **settings: Any) -> None:
+    """A short Trainer run logging every 5 steps to TensorBoard, watched by ``diagnoser``."""
     args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=8,
         learning_rate=1e-3,
-        max_steps=40,
         logging_steps=5,
-        warmup_steps=5,
         use_cpu=True,
         report_to=["tensorboard"],
         disable_tqdm=True,
         save_strategy="no",
         seed=0,
+        **settings,
     )
-    diagnoser = Diagnoser(report=False)
-    Trainer(model=model, args=args, train_dataset=data(256), callbacks=[diagnoser]).train()
-    history = diagnoser.engine.history
-    assert history.facts.vocab_size is None
-    assert diagnoser.verdict == "healthy", diagnoser.diagnoses
-    assert history.series["loss"].first > 1.5 * torch.log(torch.tensor(float(model.config.vocab_size)))  # the trap
+    Trainer(model=model, args=args, train_dataset=data, callbacks=[diagnoser]).train()
 
+
+def analyzed(output_dir: Path) -> tuple[int, str, int | None]:
+    """``trainwatch analyze --json`` on the run, in a subprocess: its exit code, verdict and vocabulary size."""
     result = subprocess.run(
         [sys.executable, "-m", "trainwatch", "analyze", "--json", str(output_dir)],
         capture_output=True,
@@ -130,38 +122,36 @@ def test_a_task_heads_loss_is_not_judged_against_its_vocabulary(build, data, tmp
         check=False,
     )
     [report] = map(json.loads, result.stdout.splitlines())
-    assert (result.returncode, report["verdict"], report["facts"]["vocab_size"]) == (0, "healthy", None), result.stderr
+    return result.returncode, report["verdict"], report["facts"]["vocab_size"]
+
+
+@pytest.mark.parametrize(
+    ("build", "data"), [(ctc_model, Speech), (regression_model, Scores)], ids=["ctc", "regression"]
+)
+def test_a_task_heads_loss_is_not_judged_against_its_vocabulary(build, data, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    build().save_pretrained(tmp_path / "base")  # its config now names its class, as a hub checkpoint's does
+    model = type(build()).from_pretrained(tmp_path / "base")
+    output_dir = tmp_path / "run"
+    diagnoser = Diagnoser(report=False)
+    train(model, data(256), output_dir, diagnoser, max_steps=40, warmup_steps=5)
+    history = diagnoser.engine.history
+    assert history.facts.vocab_size is None
+    assert diagnoser.verdict == "healthy", diagnoser.diagnoses
+    assert history.series["loss"].first > 1.5 * torch.log(torch.tensor(float(model.config.vocab_size)))  # the trap
+
+    assert analyzed(output_dir) == (0, "healthy", None)
 
 
 def test_a_model_built_from_its_config_is_judged_post_hoc_as_it_was_live(tmp_path: Path) -> None:
     """Built from a config, the model names no class in TensorBoard's ``model_config`` (``architectures`` is null):
     only the live run knew it predicts no tokens, and its report says so."""
     torch.manual_seed(0)
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=8,
-        learning_rate=1e-3,
-        max_steps=20,
-        logging_steps=5,
-        use_cpu=True,
-        report_to=["tensorboard"],
-        disable_tqdm=True,
-        save_strategy="no",
-        seed=0,
-    )
     diagnoser = Diagnoser()
-    Trainer(model=ctc_model(), args=args, train_dataset=Speech(160), callbacks=[diagnoser]).train()
+    train(ctc_model(), Speech(160), tmp_path, diagnoser, max_steps=20)
     assert diagnoser.verdict == "healthy"
     assert json.loads((tmp_path / "trainwatch" / "diagnosis.json").read_text())["facts"] == {"vocab_size": None}
-    result = subprocess.run(
-        [sys.executable, "-m", "trainwatch", "analyze", "--json", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    [report] = map(json.loads, result.stdout.splitlines())
-    assert (result.returncode, report["verdict"], report["facts"]["vocab_size"]) == (0, "healthy", None), result.stderr
+    assert analyzed(tmp_path) == (0, "healthy", None)
 
 
 @pytest.mark.parametrize(
