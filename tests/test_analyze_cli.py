@@ -106,6 +106,18 @@ def test_a_directory_of_runs_reports_each(live_runs, tmp_path):
     assert sorted(r.verdict for r in reports) == ["flat", "healthy"]
 
 
+def test_a_folder_of_renamed_trainer_states_reports_each(live_runs, tmp_path):
+    """trainer_state.json files collected under other names (downloads, a folder of runs) are runs; other JSON not."""
+    for name in ("healthy", "zero_gradients"):
+        shutil.copy(live_runs[name][0] / "trainer_state.json", tmp_path / f"{name} trainer_state (1).json")
+    shutil.copy(live_runs["healthy"][0] / "checkpoint-100" / "config.json", tmp_path / "config.json")
+    reports = trainwatch.analyze(tmp_path)
+    assert sorted((Path(r.source).name, r.verdict) for r in reports) == [
+        ("healthy trainer_state (1).json", "healthy"),
+        ("zero_gradients trainer_state (1).json", "flat"),
+    ]
+
+
 def test_resumed_run_in_sibling_run_directories_is_one_run(tmp_path):
     """HF v5 writes the resumed process to a new runs/<date>_<host>; the crashed steps it re-logs are replaced."""
 

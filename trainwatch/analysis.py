@@ -57,6 +57,7 @@ from trainwatch.logs.trainer_state import (
     facts_beside,
     hyperparameters_from_args,
     latest_checkpoints,
+    looks_like_trainer_state,
     planned_steps,
     read_trainer_state,
     vocab_size_from_config,
@@ -225,6 +226,8 @@ def _is_run_file(path: Path) -> bool:
         return False
     if path.name == METRICS_FILE or path.suffix == ".wandb":
         return True
+    if path.suffix == ".json":
+        return path.name != STATE_FILE and looks_like_trainer_state(path)
     return path.name.endswith(SQLITE_SUFFIXES) and is_sqlite_file(path) and bool(store_runs(path))
 
 

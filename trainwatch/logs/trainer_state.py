@@ -82,6 +82,16 @@ def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
     return state
 
 
+def looks_like_trainer_state(path: Path) -> bool:
+    """A JSON file under another name that holds a trainer state (``trainer_state (1).json`` from the Hub, a
+    folder of renamed ones): its ``log_history`` key is near the start (Trainer sorts the keys), so 64 KiB tell."""
+    try:
+        with open(path, "rb") as f:
+            return b'"log_history"' in f.read(1 << 16)
+    except OSError:
+        return False
+
+
 def _is_count(value: Any) -> bool:
     """A positive, finite number of steps or tokens (a config read from another tool's log may hold anything)."""
     return is_number(value) and 0 < value < math.inf
