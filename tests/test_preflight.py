@@ -90,7 +90,7 @@ def test_argument_checks(tmp_path: Path) -> None:
     assert pf.check_precision(plain, cuda=True, bf16_supported=False).fix.startswith("fp16=True")
 
     assert pf.check_gradient_checkpointing(plain, 7_000_000_000).status == pf.WARN
-    assert pf.check_gradient_checkpointing(_args(tmp_path, gradient_checkpointing=True), 7_000_000_000).status == pf.PASS
+    assert pf.check_gradient_checkpointing(_args(tmp_path, activation_checkpointing=True), 7_000_000_000).status == pf.PASS
     assert pf.check_gradient_checkpointing(plain, 30_000).status == pf.PASS
 
     assert pf.check_warmup(30, 1000).status == pf.PASS

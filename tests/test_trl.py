@@ -32,7 +32,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer  # noqa
 
 from trainwatch import Diagnoser  # noqa: E402
 # the letter progressions and rewards the detection benchmark's TRL runs use too
-from trainwatch.testing import LETTERS, vowel_share
+from trainwatch.testing import LETTERS, TRL_CPU_ARGS, vowel_share
 from trainwatch.testing import PROMPT_LETTERS as PROMPT  # the rest of a progression is the completion
 from trainwatch.testing import letter_progressions as progressions
 from trainwatch.testing import letter_prompts as prompts
@@ -145,20 +145,7 @@ CASES: dict[str, Case] = {
     ),
 }
 
-DEFAULTS: dict[str, Any] = {
-    "per_device_train_batch_size": 8,
-    "per_device_eval_batch_size": 64,
-    "max_length": 32,
-    "logging_steps": 1,
-    "report_to": ["tensorboard"],
-    "save_strategy": "no",
-    "use_cpu": True,
-    "disable_tqdm": True,
-    "bf16": False,  # TRL's configs default to bf16 mixed precision, slow on most CPUs
-    "gradient_checkpointing": False,  # ... and to gradient checkpointing
-    "seed": 0,
-    "data_seed": 0,
-}
+DEFAULTS: dict[str, Any] = {**TRL_CPU_ARGS, "max_length": 32, "seed": 0, "data_seed": 0}
 
 
 @dataclass

@@ -129,7 +129,7 @@ def _zero_gradients(params: Params, objective: str | None = None) -> list[str]:
     return [
         "check that parameters are trainable: model.print_trainable_parameters() must show > 0 trainable",
         "with gradient checkpointing on a frozen base, call model.enable_input_require_grads() "
-        "(or use gradient_checkpointing_kwargs={'use_reentrant': False}) so gradients reach the adapters",
+        "(or use activation_checkpointing_kwargs={'use_reentrant': False}) so gradients reach the adapters",
         "QLoRA on a CPU: bitsandbytes may switch 4-bit layers to an inference-only packed path during evaluation "
         "(AVX512-BF16 CPUs), after which every gradient is 0; keep 4-bit weights out of that path, or evaluate "
         "less often / not at all on the CPU",

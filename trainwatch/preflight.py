@@ -175,14 +175,15 @@ def check_precision(args: Any, *, cuda: bool, bf16_supported: bool) -> Check:
 
 
 def check_gradient_checkpointing(args: Any, parameters: int | None, *, large_model: float = 1e9) -> Check:
-    """Large models (``large_model`` parameters or more) need gradient checkpointing to fit their activations."""
-    on = bool(getattr(args, "gradient_checkpointing", False))
+    """Large models (``large_model`` parameters or more) need gradient checkpointing to fit their activations
+    (``activation_checkpointing``; ``gradient_checkpointing`` is its deprecated alias in transformers 5)."""
+    on = bool(getattr(args, "activation_checkpointing", False))
     if parameters is None:
         return Check("gradient checkpointing", SKIP, "model size unknown")
     size = f"{parameters / 1e9:.2g}B parameters" if parameters >= 1e8 else f"{parameters:,} parameters"
     if parameters >= large_model and not on:
         return Check("gradient checkpointing", WARN, f"off for a model of {size}",
-                     "gradient_checkpointing=True: trades ~30 % speed for most of the activation memory")
+                     "activation_checkpointing=True: trades ~30 % speed for most of the activation memory")
     return Check("gradient checkpointing", PASS, f"{'on' if on else 'off'} ({size})")
 
 
@@ -291,7 +292,7 @@ def check_memory(used_bytes: int | None, total_bytes: int | None, *, limit: floa
         return Check("GPU memory at step 1", PASS, detail)
     return Check("GPU memory at step 1", WARN, f"{detail}, above {limit:.0%}",
                  "halve per_device_train_batch_size and double gradient_accumulation_steps, or turn on "
-                 "gradient_checkpointing: the longest batch has not come yet")
+                 "activation_checkpointing: the longest batch has not come yet")
 
 
 def check_early_loss(

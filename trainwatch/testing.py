@@ -318,6 +318,20 @@ TRL_SCENARIOS: dict[str, TrlScenario] = {
 }
 
 
+TRL_CPU_ARGS: dict[str, Any] = {
+    "per_device_train_batch_size": 8,
+    "per_device_eval_batch_size": 64,
+    "logging_steps": 1,
+    "report_to": ["tensorboard"],
+    "save_strategy": "no",
+    "use_cpu": True,
+    "disable_tqdm": True,
+    "bf16": False,  # TRL's configs default to bf16 mixed precision, slow on most CPUs
+    "activation_checkpointing": False,  # ... and to gradient (activation) checkpointing
+}
+"""The config fields every tiny TRL run on a CPU sets: TRL's defaults are made for a GPU."""
+
+
 def tiny_trl_trainer(
     scenario: str,
     output_dir: str,
@@ -337,21 +351,7 @@ def tiny_trl_trainer(
     spec = TRL_SCENARIOS[scenario]
     tokenizer = AutoTokenizer.from_pretrained(TINY_LLAMA)
     model = tiny_model(arch, seed, vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=1)
-    settings: dict[str, Any] = {
-        "per_device_train_batch_size": 8,
-        "per_device_eval_batch_size": 64,
-        "logging_steps": 1,
-        "report_to": ["tensorboard"],
-        "save_strategy": "no",
-        "use_cpu": True,
-        "disable_tqdm": True,
-        "bf16": False,  # TRL's configs default to bf16 mixed precision, slow on most CPUs
-        "activation_checkpointing": False,  # ... and to gradient (activation) checkpointing
-        "seed": seed,
-        "data_seed": seed,
-        **spec.args,
-        **overrides,
-    }
+    settings: dict[str, Any] = {**TRL_CPU_ARGS, "seed": seed, "data_seed": seed, **spec.args, **overrides}
     settings.setdefault("eval_strategy", "steps" if settings.get("eval_steps") else "no")
     evaluate = settings["eval_strategy"] != "no"
     if spec.trainer == "dpo":
