@@ -23,6 +23,7 @@ REALRUNS = Path(__file__).resolve().parents[2] / "shared" / "realruns"
                                                   "| watched (Diagnoser) |", "one Diagnoser.on_log call in a tight loop"]),
         ("memory.py", ["--quick"], ["| 10,000 |", "ratio last/first segment", "trainwatch.analyze"]),
         ("gradient_probe.py", ["--quick"], ["| tiny llama (full fine-tune) | 21 |"]),
+        ("noisy_evals.py", ["--quick"], ["| i.i.d. σ=8.0% |", "| rise per evaluation | σ=0.5% | σ=2.0% |"]),
         pytest.param(
             "early_stopping_realruns.py", [str(REALRUNS)], ["| EarlyStopping p=1 |", "| trainwatch |"],
             marks=pytest.mark.skipif(not REALRUNS.is_dir(), reason=f"{REALRUNS} not present"),

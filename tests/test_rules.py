@@ -379,6 +379,25 @@ def test_a_jump_of_the_eval_loss_alone_is_noise() -> None:
     assert run(losses, evals=evals).verdict == "healthy"
 
 
+def test_two_rises_within_the_noise_are_not_overfitting() -> None:
+    """An eval loss swinging ±15 % goes 10 % and then 17 % above its best twice in a row by chance: with its noise
+    measured, a rise that does not stand out of it is no sharp rise, however many percent it is."""
+    losses = decaying(450, 2.0, 0.8)
+    evals = {50: 1.6, 100: 1.2, 150: 1.05, 200: 1.15, 250: 0.95, 300: 1.08, 350: 0.90, 400: 1.0, 450: 1.05}
+    assert run(losses, evals=evals).verdict == "healthy"
+    halved = losses[:350] + [x * 0.4 for x in losses[350:]]  # the same rises while the train loss halves: a gap
+    assert decided(run(halved, evals=evals)) == [("overfitting", "widening_gap", 450)]
+
+
+def test_a_few_evaluations_are_no_measure_of_the_eval_noise() -> None:
+    """Three evaluations falling smoothly, then +37 % while the train loss collapses from 0.12 to 0.001: the scatter
+    of four evaluations is the smooth fall's, not the noise, so it decides as a run evaluated a few times does."""
+    losses = decaying(300, 0.68, 0.1) + [0.001] * 100
+    evals = {100: 0.176, 200: 0.166, 300: 0.157, 400: 0.215}
+    assert decided(run(losses, evals=evals)) == [("overfitting", "widening_gap", 400)]
+    assert run(losses, evals=evals, min_noise_evals=4).verdict == "healthy"  # "2.0× its noise": not decided
+
+
 def test_noisy_eval_that_recovers_is_not_overfitting() -> None:
     losses = decaying(300, 3.0, 0.4)
     evals = {30: 0.95, 60: 0.87, 90: 0.75, 120: 0.71, 150: 0.69, 180: 0.705, 210: 0.726, 240: 0.647, 270: 0.62, 300: 0.6}

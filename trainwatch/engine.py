@@ -39,7 +39,7 @@ class Engine:
 
     def __init__(self, rules: Sequence[Rule] | None = None, *, smoothing: int = 3, facts: Facts | None = None) -> None:
         self.rules = list(rules) if rules is not None else build_rules()
-        eval_window = max([16] + [getattr(r, "rising_evals", 0) + 1 for r in self.rules])
+        eval_window = max([16] + [getattr(r, name, 0) + 1 for r in self.rules for name in ("rising_evals", "noise_evals")])
         self.history = History(smoothing=smoothing, eval_window=eval_window, facts=facts)
         self.findings: list[Finding] = []
         self._undecided = list(self.rules)

@@ -33,13 +33,19 @@ class OverfittingRule:
             noise of a difference of two evaluations, √2 × that of one).
         min_rise: a rise of less than this fraction of the best eval loss is too small to matter, however far
             above the noise of an eval loss that moves in its fourth digit.
-        noise_evals: the recent evaluations whose scatter is the eval loss's noise (at least 4 are needed).
+        noise_evals: the recent evaluations whose scatter is the eval loss's noise.
+        min_noise_evals: evaluations needed before their scatter is taken as the eval loss's noise: a robust scale
+            of fewer than four second differences is no measure (the median of two is their mean, and the smooth
+            stretch of a falling curve makes it tiny, so that the first swing after it "stands out" many times
+            over). Until then the rule decides as for a run evaluated a few times (``sharp_rise``).
         significance: how many times its own noise the train loss must have fallen to count as falling.
         sharp_rise: an eval loss this fraction above its best, standing out of its noise, while the train loss
             fell since that best evaluation, is a widening gap at once, at one evaluation: a run evaluated only a
             few times (once an epoch) would never show ``rising_evals`` rises. Where the eval loss's noise cannot
-            be measured yet (fewer than 4 evaluations), the train loss must instead have fallen by ``train_fall``
-            since the best evaluation, or the eval loss have risen at each of the last two evaluations.
+            be measured yet (fewer than ``min_noise_evals`` evaluations), the train loss must instead have fallen
+            by ``train_fall`` since the best evaluation, or the eval loss have risen at each of the last two
+            evaluations; where it can, a sharp rise must stand out of it however it came (a loss swinging ±15 %
+            rises 10 % above its best, twice in a row, by chance).
         train_fall: see ``sharp_rise``; two consecutive rises from the best evaluation are enough too when the
             train loss fell this fraction over them (a gap that goes from nothing to most of the loss).
 
@@ -56,6 +62,7 @@ class OverfittingRule:
     rise_over_noise: float = 3.0
     min_rise: float = 0.005
     noise_evals: int = 8
+    min_noise_evals: int = 6
     significance: float = 2.0
     sharp_rise: float = 0.1
     train_fall: float = 0.5
@@ -95,7 +102,8 @@ class OverfittingRule:
         if history.facts.objective == PREFERENCE and accuracy is not None and accuracy_at_best is not None:
             if accuracy >= accuracy_at_best:
                 return None  # a preference run that still ranks held-out pairs as well as at its best
-        noise = noise_scale(e.loss for e in islice(evals, max(0, len(evals) - self.noise_evals), None))
+        recent = islice(evals, max(0, len(evals) - self.noise_evals), None)
+        noise = noise_scale(e.loss for e in recent) if len(evals) >= self.min_noise_evals else None
         # two evaluations differ by √2 × the noise of one: that is the scale a rise above the best is measured in
         over = rise / (noise * math.sqrt(2)) if noise else (None if noise is None else math.inf)
         how = self._widening(history, rise, noise, over)
@@ -124,10 +132,11 @@ class OverfittingRule:
         streak_start = evals[-1 - streak] if streak < len(evals) else None
         train_noise = noise_scale(history.loss_window)
         if streak_start is not None and self._train_fell(streak_start.train_level, last.train_level, train_noise):
-            if streak >= self.rising_evals and stands_out:
+            if streak >= self.rising_evals and (stands_out or over is None):
                 return f"rose at each of the last {streak} evaluations"
             from_best = streak_start.step == history.best_eval_step
-            if from_best and streak >= 2 and (rise >= self.sharp_rise * best or train_fell >= self.train_fall):
+            sharp = rise >= self.sharp_rise * best and (stands_out or over is None)
+            if from_best and streak >= 2 and (sharp or train_fell >= self.train_fall):
                 return f"rose at each of the {streak} evaluations since its best"
         if rise >= self.sharp_rise * best and (
             (stands_out and last.train_level < at_best) or (over is None and train_fell >= self.train_fall)
