@@ -292,7 +292,13 @@ _GRPO = {
 }
 """2 prompts × 4 completions of up to 8 tokens a step, TRL's default ``beta`` 0 (no reference model)."""
 TRL_SCENARIOS: dict[str, TrlScenario] = {
-    "dpo_healthy": TrlScenario("dpo", ("healthy", None), {"learning_rate": 1e-2, "max_steps": 60, "eval_steps": 10}),
+    "dpo_healthy": TrlScenario(
+        # 5e-3, not 1e-2: at 1e-2 one of the six (gpt2, seed 0, one thread) never learns (eval reward accuracy 0.58
+        # at step 60), and that run is flat, not healthy
+        "dpo",
+        ("healthy", None),
+        {"learning_rate": 5e-3, "max_steps": 60, "eval_steps": 10},
+    ),
     "dpo_diverged": TrlScenario(
         # Unclipped at a constant 0.5 the loss swings far above ln 2 and the eval reward accuracy stays near a coin
         # toss, where the healthy run's nears 1.
