@@ -106,6 +106,19 @@ def test_a_directory_of_runs_reports_each(live_runs, tmp_path):
     assert sorted(r.verdict for r in reports) == ["flat", "healthy"]
 
 
+def test_an_epoch_based_run_is_judged_against_its_planned_length(tmp_path):
+    """Its arguments say max_steps -1; the epochs it logs give the plan the live callback had from Trainer, so the
+    flat finding's projection (and its words) are the live ones."""
+    diagnoser = run_live("lr_too_low", tmp_path, max_steps=-1, num_train_epochs=3)
+    planned = diagnoser.engine.history.facts.max_steps
+    assert planned == 3 * 512 // 8
+    (report,) = trainwatch.analyze(tmp_path / "runs")
+    assert report.history.facts.max_steps == planned
+    assert decided(report.diagnoses) == decided(diagnoser.diagnoses) == ("flat", "lr_too_low", 50)
+    assert report.diagnoses[0].evidence["planned_steps"] == planned
+    assert report.diagnoses[0].summary == diagnoser.diagnoses[0].summary
+
+
 def test_a_folder_of_renamed_trainer_states_reports_each(live_runs, tmp_path):
     """trainer_state.json files collected under other names (downloads, a folder of runs) are runs; other JSON not."""
     for name in ("healthy", "zero_gradients"):

@@ -550,6 +550,20 @@ def test_trend_fits_a_line_and_its_error_from_running_sums() -> None:
     assert Trend().fit()[1] == math.inf
 
 
+def test_planned_length_from_a_logged_epoch() -> None:
+    """Trainer's epoch is the fraction of the epochs done: num_train_epochs × step / epoch is its max_steps."""
+    from trainwatch.history import planned_from_epoch, tells_steps_per_epoch
+    from trainwatch.logs.source import epoch_mark_of
+
+    assert planned_from_epoch(3, 500, 0.00696582579985261) == 215337  # a real T5 run's first log (float32)
+    assert planned_from_epoch(3.0, 20, 0.1) == 600  # rounded, but within 5 % from 0.1 on
+    assert not tells_steps_per_epoch(0.01) and not tells_steps_per_epoch(0.0) and tells_steps_per_epoch(0.0449)
+    assert planned_from_epoch(3, 10, 0.01) is None  # an older Trainer's rounding: ±50 %
+    assert planned_from_epoch(None, 10, 0.0449) is None and planned_from_epoch(True, 10, 0.0449) is None
+    entries = [(0, {"loss": 5.0, "epoch": 0.0}), (10, {"loss": 4.0, "epoch": 0.01}), (30, {"loss": 3.0, "epoch": 0.12})]
+    assert epoch_mark_of(entries) == (30, 0.12)
+
+
 def test_noise_scale_is_blind_to_a_trend_and_deaf_to_a_spike() -> None:
     from trainwatch.history import noise_scale
 

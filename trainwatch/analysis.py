@@ -27,7 +27,7 @@ import numpy as np
 from trainwatch.checkpoints import checkpoint_for
 from trainwatch.engine import Engine, build_rules
 from trainwatch.findings import KINDS, Finding
-from trainwatch.history import SIGNALS, Facts, History, objective_from_args
+from trainwatch.history import SIGNALS, Facts, History, objective_from_args, planned_from_epoch
 from trainwatch.logs import LogReadError
 from trainwatch.logs.lightning import METRICS_FILE, read_metrics_csv
 from trainwatch.logs.live_report import read_live_report, with_live_decisions
@@ -381,7 +381,7 @@ def judge_run(
         return report
     output_dir = _output_dir(source)
     live = read_live_report(output_dir) if output_dir else None
-    facts = run.facts
+    facts = _with_plan(run.facts, run.epoch_mark)
     if live is not None and live.knows_vocab_size:  # the live run knew the model's class, the logs may not
         facts = dataclasses.replace(facts, vocab_size=live.vocab_size)
     engine.history.facts = _with_vocab_size(facts, vocab_size)
@@ -435,6 +435,10 @@ class _TensorBoardLog:
     def other_keys(self) -> dict[str, int]:
         return self.run.other_tags
 
+    @property
+    def epoch_mark(self) -> tuple[int, float] | None:
+        return self.run.epoch_mark
+
     def entries(self) -> Iterator[Entry]:
         return self.run.entries()
 
@@ -447,6 +451,15 @@ def _open_tensorboard(source: RunSource) -> _TensorBoardLog:
     if run.records == 0:
         raise LogReadError("; ".join(run.notes) or f"{source.label}: no readable records")
     return _TensorBoardLog(run, _tensorboard_facts(run.texts, source.facts_dir))
+
+
+def _with_plan(facts: Facts, epoch_mark: tuple[int, float] | None) -> Facts:
+    """An epoch-based run's planned length, which the live callback has from Trainer and the logs' arguments hold
+    only as ``max_steps`` -1: ``num_train_epochs`` × the steps per epoch its first telling epoch shows."""
+    if facts.max_steps is not None or epoch_mark is None:
+        return facts
+    planned = planned_from_epoch(facts.hyperparameters.get("num_train_epochs"), *epoch_mark)
+    return facts if planned is None else dataclasses.replace(facts, max_steps=planned)
 
 
 def _with_vocab_size(facts: Facts, vocab_size: int | None) -> Facts:

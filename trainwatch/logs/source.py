@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from trainwatch.curves import Decimator
-from trainwatch.history import EVAL_LOSS, LOSS, SIGNALS, Facts
+from trainwatch.history import EVAL_LOSS, LOSS, SIGNALS, Facts, tells_steps_per_epoch
 
 Entry = tuple[int, dict[str, Any]]
 Curves = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -35,6 +35,8 @@ class RunLog(Protocol):
     other_keys: dict[str, int]
     """Logged keys that are none of Trainer's signals, with their number of values (to say what a run logged
     instead, when it logged none of them)."""
+    epoch_mark: tuple[int, float] | None
+    """The first logged ``(step, epoch)`` that tells the steps per epoch: an epoch-based run's planned length."""
 
     def entries(self) -> Iterator[Entry]:
         """``(step, logs)`` per log call, in the order the run logged them, with Trainer's keys."""
@@ -57,6 +59,10 @@ class LoggedRun:
     def other_keys(self) -> dict[str, int]:
         return other_keys_of(self.log_history)
 
+    @property
+    def epoch_mark(self) -> tuple[int, float] | None:
+        return epoch_mark_of(self.log_history)
+
     def entries(self) -> Iterator[Entry]:
         return iter(self.log_history)
 
@@ -78,6 +84,15 @@ def curves_of(log_history: Iterable[Entry]) -> Curves:
         decimator.extend(np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64))
         curves[name] = decimator.curve()
     return curves
+
+
+def epoch_mark_of(log_history: Iterable[Entry]) -> tuple[int, float] | None:
+    """The first ``(step, epoch)`` of entries held in memory that tells the steps per epoch."""
+    for step, logs in log_history:
+        epoch = logs.get("epoch")
+        if step > 0 and tells_steps_per_epoch(epoch):
+            return step, float(epoch)
+    return None
 
 
 def other_keys_of(log_history: Iterable[Entry]) -> dict[str, int]:

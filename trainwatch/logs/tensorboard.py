@@ -41,7 +41,7 @@ import google_crc32c
 import numpy as np
 
 from trainwatch.curves import Decimator
-from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, Signals
+from trainwatch.history import EVAL_LOSS, GRAD_NORM, LEARNING_RATE, LOSS, Signals, tells_steps_per_epoch
 
 SIGNALS = (LOSS, GRAD_NORM, LEARNING_RATE, EVAL_LOSS)
 SIGNAL_TAGS: dict[str, int] = {
@@ -58,6 +58,8 @@ SIGNAL_TAGS: dict[str, int] = {
 """Tags that carry Trainer's per-step signals, as indexes into :data:`SIGNALS`. ``train/train_loss`` is the mean
 over the whole run, logged once at the end: not a per-step loss, so deliberately absent."""
 EVAL_SIGNAL = 3
+EPOCH_TAGS = ("train/epoch", "epoch")
+"""Trainer's fraction of the run's epochs done, logged with every train log (``epoch`` before the prefixes)."""
 TEXT_TAGS = ("args", "model_config")
 """Text summaries TensorBoardCallback writes at train begin: TrainingArguments and the model config, as JSON."""
 
@@ -895,10 +897,10 @@ class TensorBoardRun:
     until the end to know which survive (~100 bytes per logged step). Instead :func:`read_run` reads the files
     twice. Pass 1 (done by :func:`read_run`) finds the markers, few as the files and restarts are: each
     ``SessionLog.START`` and each later file's first train and first eval value; it also collects the text
-    summaries, the damage notes and the record counts. Pass 2 (:meth:`batches`, :meth:`values`, :meth:`entries`)
-    reads the files again and keeps a value unless a marker after it covers it, which is what replaying the
-    markers in order would leave. Per-signal minima of the steps of the markers still ahead make that test one
-    comparison per value.
+    summaries, the damage notes, the record counts and the first epoch that tells the steps per epoch. Pass 2
+    (:meth:`batches`, :meth:`values`, :meth:`entries`) reads the files again and keeps a value unless a marker
+    after it covers it, which is what replaying the markers in order would leave. Per-signal minima of the steps
+    of the markers still ahead make that test one comparison per value.
 
     :attr:`notes` (restarts and resumes, which pass 2 counts), :attr:`other_tags` and :meth:`curves` are complete
     once a pass 2 has run to its end; each iteration is a new pass 2 over the same bytes.
@@ -908,6 +910,8 @@ class TensorBoardRun:
     texts: dict[str, str] = field(default_factory=dict)
     other_tags: dict[str, int] = field(default_factory=dict)
     """Scalar tags that are none of Trainer's signals, with their number of values."""
+    epoch_mark: tuple[int, float] | None = None
+    """The first ``(step, epoch)`` that tells the steps per epoch (found by pass 1)."""
     notes: list[str] = field(default_factory=list)
     records: int = 0
     scalars: int = 0
@@ -1036,7 +1040,9 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
     resume from a checkpoint): the later values win, as they describe the run that went on. A ``SessionLog.START``
     drops earlier values at steps >= its step, as TensorBoard does. This pass records those markers (few: one per
     restart, two per file), the text summaries, the counts and the damage notes; it collects no value once a
-    file's first train and eval values are known. Iterate the run's :meth:`~TensorBoardRun.entries` for the values.
+    file's first train and eval values are known, and the first epoch that tells the steps per epoch (an
+    epoch-based run's planned length: a few logs into the first file). Iterate the run's
+    :meth:`~TensorBoardRun.entries` for the values.
     """
     run = TensorBoardRun(files=[str(f) for f in files])
     plugins: dict[str, str | None] = {}
@@ -1048,7 +1054,8 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
         stats = FileStats(path)
         need_train = need_eval = start > 0  # a later file's first values resume over the earlier files
         reader = EventReader(path, stats, plugins, run.texts)
-        reader.values_wanted = need_train
+        need_epoch = run.epoch_mark is None
+        reader.values_wanted = need_train or need_epoch
         signal_of = _Signals()
         try:
             for batch in reader:
@@ -1056,13 +1063,17 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
                     signals = signal_of(batch)
                     train = np.flatnonzero((signals >= 0) & (signals != EVAL_SIGNAL))
                     evals = np.flatnonzero(signals == EVAL_SIGNAL)
+                    if need_epoch:
+                        run.epoch_mark = _epoch_mark(batch)
+                        # found, or values without an epoch among them (no Trainer log): nothing more to look for
+                        need_epoch = run.epoch_mark is None and _has_epoch(batch)
                     if need_train and len(train):
                         run._markers.append(_Marker(start, int(batch.steps[train[0]]), _ALL, path, restart=False))
                         need_train = False
                     if need_eval and len(evals):
                         run._markers.append(_Marker(start, int(batch.steps[evals[0]]), _EVAL_ONLY, path, restart=False))
                         need_eval = False
-                    reader.values_wanted = need_train or need_eval
+                    reader.values_wanted = need_train or need_eval or need_epoch
                 if batch.restart is not None:
                     boundary += 1
                     run._markers.append(_Marker(boundary, batch.restart, _ALL, path, restart=True))
@@ -1076,6 +1087,22 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
     run._limits, run._bounded = _suffix_minima(run._markers, boundary + 1)
     run.notes = list(run._read_notes)
     return run
+
+
+def _has_epoch(batch: Batch) -> bool:
+    return any(batch.names[tag] in EPOCH_TAGS for tag in np.unique(batch.tags).tolist())
+
+
+def _epoch_mark(batch: Batch) -> tuple[int, float] | None:
+    """The batch's first ``(step, epoch)`` that tells the steps per epoch (:func:`tells_steps_per_epoch`)."""
+    epoch_tags = [i for i, name in enumerate(batch.names) if name in EPOCH_TAGS]
+    if not epoch_tags:
+        return None
+    for i in np.flatnonzero(np.isin(batch.tags, epoch_tags)).tolist():
+        step, epoch = int(batch.steps[i]), float(batch.values[i])
+        if step > 0 and tells_steps_per_epoch(epoch):
+            return step, epoch
+    return None
 
 
 def _suffix_minima(markers: list[_Marker], boundaries: int) -> tuple[np.ndarray, np.ndarray]:

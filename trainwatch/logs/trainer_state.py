@@ -19,7 +19,7 @@ from typing import Any
 
 from trainwatch.history import SIGNALS, Facts, objective_from_args, predicts_tokens
 from trainwatch.logs import LogReadError
-from trainwatch.logs.source import Curves, curves_of, is_number, is_step, other_keys_of
+from trainwatch.logs.source import Curves, curves_of, epoch_mark_of, is_number, is_step, other_keys_of
 
 STATE_FILE = "trainer_state.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -46,6 +46,10 @@ class TrainerState:
     @property
     def other_keys(self) -> dict[str, int]:
         return other_keys_of(self.entries())
+
+    @property
+    def epoch_mark(self) -> tuple[int, float] | None:
+        return epoch_mark_of(self.entries())
 
     def curves(self) -> Curves:
         return curves_of(self.entries())
