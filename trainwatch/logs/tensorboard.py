@@ -1089,16 +1089,19 @@ def read_run(files: Iterable[str | os.PathLike[str]]) -> TensorBoardRun:
     return run
 
 
+def _epoch_values(batch: Batch) -> np.ndarray:
+    """Where in the batch the epoch was logged (indexes into its values)."""
+    epoch_tags = [i for i, name in enumerate(batch.names) if name in EPOCH_TAGS]
+    return np.flatnonzero(np.isin(batch.tags, epoch_tags)) if epoch_tags else np.empty(0, dtype=np.int64)
+
+
 def _has_epoch(batch: Batch) -> bool:
-    return any(batch.names[tag] in EPOCH_TAGS for tag in np.unique(batch.tags).tolist())
+    return len(_epoch_values(batch)) > 0
 
 
 def _epoch_mark(batch: Batch) -> tuple[int, float] | None:
     """The batch's first ``(step, epoch)`` that tells the steps per epoch (:func:`tells_steps_per_epoch`)."""
-    epoch_tags = [i for i, name in enumerate(batch.names) if name in EPOCH_TAGS]
-    if not epoch_tags:
-        return None
-    for i in np.flatnonzero(np.isin(batch.tags, epoch_tags)).tolist():
+    for i in _epoch_values(batch).tolist():
         step, epoch = int(batch.steps[i]), float(batch.values[i])
         if step > 0 and tells_steps_per_epoch(epoch):
             return step, epoch
