@@ -60,7 +60,11 @@ def test_each_run_of_a_sqlite_store_as_trainer_state_judges_it(sqlite_store) -> 
     assert [r.format for r in reports] == ["mlflow"] * 3 and reports[0].source.startswith(f"{store} Default/")
     for report, state in zip(reports, states):
         [expected] = analyze(state, vocab_size=VOCAB_SIZE)  # the state file alone lacks the model config
-        assert report.verdict == expected.verdict and report.entries == expected.entries
+        # every signal value, in order. Not how many entries they make: Trainer's MLflowCallback logs asynchronously,
+        # values of log calls in one millisecond come back in the store's order, and a log of no signal (the
+        # end-of-training summary) may join its neighbour's entry (seen once on a loaded machine: 22 for 23 calls)
+        assert report.history.series == expected.history.series
+        assert report.verdict == expected.verdict
         assert [(f.kind, f.cause, f.step) for f in report.diagnoses] == [
             (f.kind, f.cause, f.step) for f in expected.diagnoses
         ]
