@@ -551,8 +551,6 @@ def refined(finding: Finding, blockage: Blockage | None, params: Any) -> Finding
     )
 
 
-
-
 def _num(value: Any) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) else str(value)
 

@@ -85,22 +85,23 @@ def predicts_tokens(architectures: Iterable[Any]) -> bool | None:
     return None
 
 
+def _positive(value: Any) -> bool:
+    """A finite number > 0 as a logged or configured value (not a bool: JSON's ``true`` is no count)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < math.inf
+
+
 def tells_steps_per_epoch(epoch: Any) -> bool:
     """Whether a logged epoch (the fraction of the run's epochs done) gives the steps per epoch to within a few
     percent: any epoch > 0, except one rounded to two decimals below 0.1 (older Trainers round it: 0.01 is
     ±50 %)."""
-    if not isinstance(epoch, (int, float)) or isinstance(epoch, bool) or not 0 < epoch < math.inf:
-        return False
-    return epoch >= 0.1 or abs(epoch - round(epoch, 2)) > 1e-6
+    return _positive(epoch) and (epoch >= 0.1 or abs(epoch - round(epoch, 2)) > 1e-6)
 
 
 def planned_from_epoch(num_train_epochs: Any, step: int, epoch: float) -> int | None:
     """An epoch-based run's planned optimizer steps, ``num_train_epochs`` × ``step / epoch``: Trainer's own
     ``max_steps``, which the live callback is given and its arguments hold only as -1. None without a number of
     epochs or from a pair that does not tell (:func:`tells_steps_per_epoch`)."""
-    if not isinstance(num_train_epochs, (int, float)) or isinstance(num_train_epochs, bool) or not num_train_epochs > 0:
-        return None
-    if step <= 0 or not tells_steps_per_epoch(epoch) or not math.isfinite(num_train_epochs):
+    if not _positive(num_train_epochs) or step <= 0 or not tells_steps_per_epoch(epoch):
         return None
     return round(num_train_epochs * step / epoch)
 
