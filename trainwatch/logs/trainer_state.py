@@ -12,14 +12,13 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from trainwatch.history import SIGNALS, Facts, objective_from_args, predicts_tokens
 from trainwatch.logs import LogReadError
-from trainwatch.logs.source import Curves, curves_of, epoch_mark_of, is_number, is_step, other_keys_of
+from trainwatch.logs.source import LoggedRun, is_number, is_step
 
 STATE_FILE = "trainer_state.json"
 _CHECKPOINT = re.compile(r"checkpoint-(\d+)")
@@ -29,33 +28,7 @@ STATE_HYPERPARAMETERS = ("num_train_epochs", "logging_steps", "eval_steps", "sav
 the computed total, not the argument, so it is left out)."""
 
 
-@dataclass
-class TrainerState:
-    """One trainer_state.json: its log entries in order and the facts found with it."""
-
-    path: str
-    log_history: list[dict[str, Any]]
-    facts: Facts = field(default_factory=Facts)
-    notes: list[str] = field(default_factory=list)
-
-    def entries(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        """``(step, logs)`` for each entry, as ``on_log`` received it."""
-        for entry in self.log_history:
-            yield entry["step"], entry
-
-    @property
-    def other_keys(self) -> dict[str, int]:
-        return other_keys_of(self.entries())
-
-    @property
-    def epoch_mark(self) -> tuple[int, float] | None:
-        return epoch_mark_of(self.entries())
-
-    def curves(self) -> Curves:
-        return curves_of(self.entries())
-
-
-def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
+def read_trainer_state(path: str | os.PathLike[str]) -> LoggedRun:
     """Read ``path`` (a trainer_state.json) and the facts beside it; :class:`LogReadError` if it is not one."""
     path = Path(path)
     try:
@@ -68,13 +41,12 @@ def read_trainer_state(path: str | os.PathLike[str]) -> TrainerState:
         raise LogReadError(f"{path}: not a trainer_state.json (JSON nested too deeply to read)") from None
     if not isinstance(data, dict) or not isinstance(data.get("log_history"), list):
         raise LogReadError(f"{path}: not a trainer_state.json (no log_history list)")
-    state = TrainerState(str(path), [], facts=facts_beside(path.parent, data))
+    state = LoggedRun([], facts=facts_beside(path.parent, data))
     skipped = 0
     for entry in data["log_history"]:
-        if isinstance(entry, dict) and is_step(entry.get("step")):
-            state.log_history.append(
-                {k: v for k, v in entry.items() if k == "step" or is_number(v) or k not in SIGNALS}
-            )
+        if isinstance(entry, dict) and is_step(entry.get("step")):  # each entry as on_log received it, its step kept
+            kept = {k: v for k, v in entry.items() if k == "step" or is_number(v) or k not in SIGNALS}
+            state.log_history.append((entry["step"], kept))
         else:
             skipped += 1
     if skipped:
