@@ -44,8 +44,8 @@ class OverfittingRule:
             few times (once an epoch) would never show ``rising_evals`` rises. Where the eval loss's noise cannot
             be measured yet (fewer than ``min_noise_evals`` evaluations), the train loss must instead have fallen
             by ``train_fall`` since the best evaluation, or the eval loss have risen at each of the last two
-            evaluations. Where it can, every sign must stand out of it (a loss swinging ±15 % rises 10 % above its
-            best, twice in a row, by chance, while a noisy train loss halves).
+            evaluations; where it can, a sharp rise must stand out of it however it came (a loss swinging ±15 %
+            rises 10 % above its best, twice in a row, by chance).
         train_fall: see ``sharp_rise``; two consecutive rises from the best evaluation are enough too when the
             train loss fell this fraction over them (a gap that goes from nothing to most of the loss).
 
@@ -135,9 +135,8 @@ class OverfittingRule:
             if streak >= self.rising_evals and (stands_out or over is None):
                 return f"rose at each of the last {streak} evaluations"
             from_best = streak_start.step == history.best_eval_step
-            if from_best and streak >= 2 and (stands_out or over is None) and (
-                rise >= self.sharp_rise * best or train_fell >= self.train_fall
-            ):
+            sharp = rise >= self.sharp_rise * best and (stands_out or over is None)
+            if from_best and streak >= 2 and (sharp or train_fell >= self.train_fall):
                 return f"rose at each of the {streak} evaluations since its best"
         if rise >= self.sharp_rise * best and (
             (stands_out and last.train_level < at_best) or (over is None and train_fell >= self.train_fall)
